@@ -1,0 +1,218 @@
+//! The compiled rule sets and the decision function.
+//!
+//! Each rule set (deny, allow) keeps two indexes: rules by principal pattern
+//! and rules by path pattern. A decision looks up the peer's names in one and
+//! the method path in the other, walks whichever candidate list is shorter,
+//! and checks each candidate rule fully, stopping at the first (lowest
+//! numbered) rule that matches. For the usual shapes of policy (rules keyed
+//! by principal, by path, or both) the cost is a few hash lookups and a short
+//! walk, independent of the number of rules.
+//!
+//! The one shape that still walks many rules is adversarial: many rules that
+//! share the peer's principal pattern *and* many that share the path
+//! pattern, with none sharing both. `benches/` measures the usual shapes.
+
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
+use base64::engine::DecodePaddingMode;
+use base64::Engine;
+use http::{HeaderMap, HeaderName};
+
+use super::file::RuleSpec;
+use super::pattern::{Buckets, Pattern, PatternIndex, PatternSet};
+use crate::identity::PeerIdentity;
+
+/// The request-side inputs to a decision.
+#[derive(Clone, Copy, Debug)]
+pub struct RpcRequest<'a> {
+    /// `/package.Service/Method`.
+    pub path: &'a str,
+    /// The request headers (gRPC metadata).
+    pub headers: &'a HeaderMap,
+}
+
+/// A request that cannot be evaluated: binary (`-bin`) metadata a rule
+/// inspects is not valid base64. gRPC's own transports reject such a request
+/// outright, so it is denied here too rather than treated as "absent".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MalformedMetadata;
+
+// gRPC accepts binary metadata with or without base64 padding.
+const BIN_ENGINE: GeneralPurpose = GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
+);
+
+#[derive(Debug)]
+struct HeaderCondition {
+    name: HeaderName,
+    binary: bool,
+    values: PatternSet,
+}
+
+impl HeaderCondition {
+    /// gRPC joins repeated metadata with `,` in arrival order and matches
+    /// `-bin` metadata on its decoded bytes. An absent header matches
+    /// nothing, not even `"*"`.
+    fn matches(&self, headers: &HeaderMap) -> Result<bool, MalformedMetadata> {
+        let mut all = headers.get_all(&self.name).iter();
+        let Some(first) = all.next() else {
+            return Ok(false);
+        };
+        let decode = |v: &http::HeaderValue| -> Result<Vec<u8>, MalformedMetadata> {
+            BIN_ENGINE
+                .decode(v.as_bytes())
+                .map_err(|_| MalformedMetadata)
+        };
+        let rest: Vec<_> = all.collect();
+        if rest.is_empty() && !self.binary {
+            return Ok(self.values.matches_any(std::iter::once(first.as_bytes())));
+        }
+        let mut joined = if self.binary {
+            decode(first)?
+        } else {
+            first.as_bytes().to_vec()
+        };
+        for v in rest {
+            joined.push(b',');
+            if self.binary {
+                joined.extend(decode(v)?);
+            } else {
+                joined.extend_from_slice(v.as_bytes());
+            }
+        }
+        Ok(self.values.matches_any(std::iter::once(joined.as_slice())))
+    }
+}
+
+#[derive(Debug)]
+struct Rule {
+    name: String,
+    principals: PatternSet,
+    paths: PatternSet,
+    headers: Vec<HeaderCondition>,
+}
+
+impl Rule {
+    fn matches(&self, peer: &PeerIdentity, req: &RpcRequest<'_>) -> Result<bool, MalformedMetadata> {
+        if !self
+            .paths
+            .matches_any(std::iter::once(req.path.as_bytes()))
+        {
+            return Ok(false);
+        }
+        if !self
+            .principals
+            .matches_any(peer.principal_names().map(str::as_bytes))
+        {
+            return Ok(false);
+        }
+        for h in &self.headers {
+            if !h.matches(req.headers)? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// The deny or the allow rules of a policy, compiled.
+#[derive(Debug, Default)]
+pub(crate) struct RuleSet {
+    rules: Vec<Rule>,
+    by_principal: PatternIndex,
+    by_path: PatternIndex,
+}
+
+impl RuleSet {
+    pub fn compile(specs: &[RuleSpec]) -> Self {
+        let mut set = RuleSet::default();
+        for (id, spec) in specs.iter().enumerate() {
+            let id = u32::try_from(id).unwrap_or(u32::MAX);
+            let principals: Vec<Pattern> = spec.principals.iter().map(|p| Pattern::parse(p)).collect();
+            let paths: Vec<Pattern> = spec.paths.iter().map(|p| Pattern::parse(p)).collect();
+            index_dimension(&mut set.by_principal, &principals, id);
+            index_dimension(&mut set.by_path, &paths, id);
+            let headers = spec
+                .headers
+                .iter()
+                .filter_map(|h| {
+                    // Validation already proved the name parses.
+                    let name = HeaderName::from_bytes(h.key.as_bytes()).ok()?;
+                    Some(HeaderCondition {
+                        binary: h.key.ends_with("-bin"),
+                        name,
+                        values: PatternSet::new(h.values.iter().map(|v| Pattern::parse(v)).collect()),
+                    })
+                })
+                .collect();
+            set.rules.push(Rule {
+                name: spec.name.clone(),
+                principals: PatternSet::new(principals),
+                paths: PatternSet::new(paths),
+                headers,
+            });
+        }
+        set.by_principal.finish();
+        set.by_path.finish();
+        set
+    }
+
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// The name of the first rule (in policy order) that matches, if any.
+    pub fn first_match(
+        &self,
+        peer: &PeerIdentity,
+        req: &RpcRequest<'_>,
+    ) -> Result<Option<&str>, MalformedMetadata> {
+        if self.rules.is_empty() {
+            return Ok(None);
+        }
+        let mut by_principal = Buckets::new();
+        let mut any_name = false;
+        for name in peer.principal_names() {
+            self.by_principal.lookup(name.as_bytes(), &mut by_principal);
+            any_name |= !name.is_empty();
+        }
+        self.by_principal.value_independent(any_name, &mut by_principal);
+
+        let mut by_path = Buckets::new();
+        self.by_path.lookup(req.path.as_bytes(), &mut by_path);
+        self.by_path
+            .value_independent(!req.path.is_empty(), &mut by_path);
+
+        let total = |b: &Buckets<'_>| b.iter().map(|ids| ids.len()).sum::<usize>();
+        let candidates = if total(&by_principal) <= total(&by_path) {
+            by_principal
+        } else {
+            by_path
+        };
+
+        // Each bucket is sorted; within a bucket stop at the first match,
+        // and skip ids past the best match found so far.
+        let mut best: Option<u32> = None;
+        for bucket in candidates {
+            for &id in bucket {
+                if best.is_some_and(|b| id >= b) {
+                    break;
+                }
+                if self.rules[id as usize].matches(peer, req)? {
+                    best = Some(id);
+                    break;
+                }
+            }
+        }
+        Ok(best.map(|id| self.rules[id as usize].name.as_str()))
+    }
+}
+
+fn index_dimension(index: &mut PatternIndex, patterns: &[Pattern], id: u32) {
+    if patterns.is_empty() {
+        index.insert_unconstrained(id);
+    }
+    for p in patterns {
+        index.insert(p, id);
+    }
+}
