@@ -246,7 +246,10 @@ mod tests {
         let id = PeerIdentity::from_der(leaf.cert_der.as_ref()).unwrap();
         assert_eq!(
             id.uri_sans(),
-            ["spiffe://example.org/reporting", "https://not-spiffe.example.org/x"]
+            [
+                "spiffe://example.org/reporting",
+                "https://not-spiffe.example.org/x"
+            ]
         );
         assert_eq!(
             id.spiffe_id().unwrap().to_string(),

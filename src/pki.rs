@@ -390,7 +390,12 @@ pub fn write_dev_pki(paths: &DevPkiPaths, opts: &DevPkiOptions) -> Result<Vec<Pa
     write_private(&paths.ca_key(), &ca.key_pem())?;
     written.extend([paths.ca_cert(), paths.ca_key()]);
 
-    written.extend(issue_server(&ca, paths, &opts.extra_server_names, opts.leaf_days)?);
+    written.extend(issue_server(
+        &ca,
+        paths,
+        &opts.extra_server_names,
+        opts.leaf_days,
+    )?);
     for name in DEV_IDENTITIES {
         written.extend(issue_client(&ca, paths, name, opts.leaf_days)?);
     }
@@ -407,7 +412,8 @@ pub fn issue_server(
 ) -> Result<[PathBuf; 2], PkiError> {
     let mut names: Vec<&str> = DEFAULT_SERVER_NAMES.to_vec();
     names.extend(extra_names.iter().map(String::as_str));
-    let server = ca.issue(&LeafSpec::server("mtls-template dev server", &names).valid_for_days(days))?;
+    let server =
+        ca.issue(&LeafSpec::server("mtls-template dev server", &names).valid_for_days(days))?;
     write_pair(paths, "server", &server)
 }
 
@@ -422,7 +428,11 @@ pub fn issue_client(
     write_pair(paths, name, &cert)
 }
 
-fn write_pair(paths: &DevPkiPaths, name: &str, cert: &IssuedCert) -> Result<[PathBuf; 2], PkiError> {
+fn write_pair(
+    paths: &DevPkiPaths,
+    name: &str,
+    cert: &IssuedCert,
+) -> Result<[PathBuf; 2], PkiError> {
     let (c, k) = (paths.cert(name), paths.key(name));
     // Key first: a reader that sees the new certificate must find its key.
     write_private(&k, cert.key_pem())?;
@@ -486,8 +496,17 @@ mod tests {
             #[cfg(unix)]
             {
                 use std::os::unix::fs::PermissionsExt;
-                let expected = if f.extension().unwrap() == "key" { 0o600 } else { 0o644 };
-                assert_eq!(meta.permissions().mode() & 0o777, expected, "{}", f.display());
+                let expected = if f.extension().unwrap() == "key" {
+                    0o600
+                } else {
+                    0o644
+                };
+                assert_eq!(
+                    meta.permissions().mode() & 0o777,
+                    expected,
+                    "{}",
+                    f.display()
+                );
             }
             assert!(meta.len() > 0);
         }

@@ -131,7 +131,7 @@ fn escape_into(out: &mut String, bytes: &[u8]) {
         if edge_special || b",+\"\\<>;".contains(&b) {
             out.push('\\');
             out.push(char::from(b));
-        } else if b < 0x20 || b >= 0x7f {
+        } else if !(0x20..0x7f).contains(&b) {
             let _ = write!(out, "\\{b:02X}");
         } else {
             out.push(char::from(b));

@@ -93,11 +93,12 @@ struct Rule {
 }
 
 impl Rule {
-    fn matches(&self, peer: &PeerIdentity, req: &RpcRequest<'_>) -> Result<bool, MalformedMetadata> {
-        if !self
-            .paths
-            .matches_any(std::iter::once(req.path.as_bytes()))
-        {
+    fn matches(
+        &self,
+        peer: &PeerIdentity,
+        req: &RpcRequest<'_>,
+    ) -> Result<bool, MalformedMetadata> {
+        if !self.paths.matches_any(std::iter::once(req.path.as_bytes())) {
             return Ok(false);
         }
         if !self
@@ -128,7 +129,8 @@ impl RuleSet {
         let mut set = RuleSet::default();
         for (id, spec) in specs.iter().enumerate() {
             let id = u32::try_from(id).unwrap_or(u32::MAX);
-            let principals: Vec<Pattern> = spec.principals.iter().map(|p| Pattern::parse(p)).collect();
+            let principals: Vec<Pattern> =
+                spec.principals.iter().map(|p| Pattern::parse(p)).collect();
             let paths: Vec<Pattern> = spec.paths.iter().map(|p| Pattern::parse(p)).collect();
             index_dimension(&mut set.by_principal, &principals, id);
             index_dimension(&mut set.by_path, &paths, id);
@@ -141,7 +143,9 @@ impl RuleSet {
                     Some(HeaderCondition {
                         binary: h.key.ends_with("-bin"),
                         name,
-                        values: PatternSet::new(h.values.iter().map(|v| Pattern::parse(v)).collect()),
+                        values: PatternSet::new(
+                            h.values.iter().map(|v| Pattern::parse(v)).collect(),
+                        ),
                     })
                 })
                 .collect();
@@ -176,7 +180,8 @@ impl RuleSet {
             self.by_principal.lookup(name.as_bytes(), &mut by_principal);
             any_name |= !name.is_empty();
         }
-        self.by_principal.value_independent(any_name, &mut by_principal);
+        self.by_principal
+            .value_independent(any_name, &mut by_principal);
 
         let mut by_path = Buckets::new();
         self.by_path.lookup(req.path.as_bytes(), &mut by_path);

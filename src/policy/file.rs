@@ -155,7 +155,11 @@ pub fn parse(json: &str) -> Result<PolicySpec, PolicyError> {
     let doc: PolicyJson = serde_path_to_error::deserialize(de).map_err(|e| {
         let field = e.path().to_string();
         let inner = e.into_inner();
-        let field = if field == "." { "(document)".to_owned() } else { field };
+        let field = if field == "." {
+            "(document)".to_owned()
+        } else {
+            field
+        };
         invalid(field, inner.to_string())
     })?;
 
@@ -188,7 +192,12 @@ fn rules(list: Vec<RuleJson>, field: &str) -> Result<Vec<RuleSpec>, PolicyError>
         let at = format!("{field}[{i}]");
         let name = match rule.name {
             Some(n) if !n.is_empty() => n,
-            _ => return Err(invalid(format!("{at}.name"), "is required and must not be empty")),
+            _ => {
+                return Err(invalid(
+                    format!("{at}.name"),
+                    "is required and must not be empty",
+                ))
+            }
         };
         if !seen.insert(name.clone()) {
             return Err(invalid(
@@ -219,9 +228,16 @@ fn rules(list: Vec<RuleJson>, field: &str) -> Result<Vec<RuleSpec>, PolicyError>
 fn header(h: HeaderJson, at: &str) -> Result<HeaderSpec, PolicyError> {
     let key = match h.key {
         Some(k) if !k.is_empty() => k.to_ascii_lowercase(),
-        _ => return Err(invalid(format!("{at}.key"), "is required and must not be empty")),
+        _ => {
+            return Err(invalid(
+                format!("{at}.key"),
+                "is required and must not be empty",
+            ))
+        }
     };
-    if key.starts_with(':') || key.starts_with("grpc-") || UNSUPPORTED_HEADERS.contains(&key.as_str())
+    if key.starts_with(':')
+        || key.starts_with("grpc-")
+        || UNSUPPORTED_HEADERS.contains(&key.as_str())
     {
         return Err(invalid(
             format!("{at}.key"),
@@ -249,11 +265,21 @@ fn audit(options: Option<AuditJson>) -> Result<(AuditCondition, bool), PolicyErr
         return Ok((AuditCondition::NONE, false));
     };
     let mut usable_logger = false;
-    for (i, logger) in options.audit_loggers.unwrap_or_default().into_iter().enumerate() {
+    for (i, logger) in options
+        .audit_loggers
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
         let at = format!("audit_logging_options.audit_loggers[{i}]");
         let name = match logger.name {
             Some(n) if !n.is_empty() => n,
-            _ => return Err(invalid(format!("{at}.name"), "is required and must not be empty")),
+            _ => {
+                return Err(invalid(
+                    format!("{at}.name"),
+                    "is required and must not be empty",
+                ))
+            }
         };
         // The config object is the logger's own; stdout_logger takes none
         // that matters, so any object is accepted as gRPC does.
@@ -267,8 +293,5 @@ fn audit(options: Option<AuditJson>) -> Result<(AuditCondition, bool), PolicyErr
             ));
         }
     }
-    Ok((
-        options.audit_condition.unwrap_or_default(),
-        usable_logger,
-    ))
+    Ok((options.audit_condition.unwrap_or_default(), usable_logger))
 }

@@ -153,7 +153,7 @@ pub(crate) enum PatternSet {
     /// No patterns: the dimension does not constrain the rule.
     Any,
     Few(Vec<Pattern>),
-    Many(PatternIndex),
+    Many(Box<PatternIndex>),
 }
 
 /// Above this many patterns a rule's own set is indexed rather than scanned.
@@ -171,7 +171,7 @@ impl PatternSet {
                 index.insert(p, 0);
             }
             index.finish();
-            PatternSet::Many(index)
+            PatternSet::Many(Box::new(index))
         }
     }
 
@@ -248,7 +248,9 @@ mod tests {
             .collect();
         let set = PatternSet::new(patterns.clone());
         assert!(matches!(set, PatternSet::Many(_)));
-        for value in ["exact-3", "exact-4", "pre-4xyz", "pre-5xyz", "a-suf-5", "a-suf-6", ""] {
+        for value in [
+            "exact-3", "exact-4", "pre-4xyz", "pre-5xyz", "a-suf-5", "a-suf-6", "",
+        ] {
             let scanned = patterns.iter().any(|p| p.matches(value.as_bytes()));
             assert_eq!(
                 set.matches_any(std::iter::once(value.as_bytes())),

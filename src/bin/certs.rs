@@ -1,0 +1,125 @@
+//! The development PKI tool. FOR DEVELOPMENT ONLY: see certs/README.md.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use mtls_template::pki::{self, CertificateAuthority, DevPkiOptions, DevPkiPaths};
+
+/// Makes the development PKI: a CA, a server certificate and client
+/// certificates for the development identities.
+#[derive(Parser, Debug)]
+#[command(name = "certs", version)]
+struct Args {
+    /// Directory to write into.
+    #[arg(long, env = "CERTS_DIR", default_value = "certs", global = true)]
+    dir: PathBuf,
+
+    /// Days the leaf certificates are valid.
+    #[arg(long, env = "CERTS_DAYS", default_value_t = pki::DEFAULT_LEAF_DAYS, global = true,
+          value_parser = clap::value_parser!(i64).range(1..=90))]
+    days: i64,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Create a new CA, server certificate and a client certificate for
+    /// every development identity (reader, writer, admin, outsider).
+    Init {
+        /// Extra DNS names or IPs for the server certificate (for example a
+        /// compose service name). Repeatable or comma-separated.
+        #[arg(
+            long = "server-name",
+            env = "CERTS_SERVER_NAMES",
+            value_delimiter = ','
+        )]
+        server_names: Vec<String>,
+        /// Replace an existing PKI.
+        #[arg(long)]
+        force: bool,
+        /// Do nothing, successfully, if a PKI is already there (for one-shot
+        /// init containers).
+        #[arg(long, conflicts_with = "force")]
+        if_missing: bool,
+    },
+    /// Issue (or re-issue) the server certificate from the existing CA.
+    Server {
+        #[arg(
+            long = "server-name",
+            env = "CERTS_SERVER_NAMES",
+            value_delimiter = ','
+        )]
+        server_names: Vec<String>,
+    },
+    /// Issue (or re-issue) a client certificate from the existing CA, with
+    /// SPIFFE ID spiffe://example.org/NAME and CN=NAME.
+    Client { name: String },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(written) => {
+            for path in written {
+                println!("wrote {}", path.display());
+            }
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<Vec<PathBuf>> {
+    let paths = DevPkiPaths::new(&args.dir);
+    let load_ca = || {
+        CertificateAuthority::from_pem_files(&paths.ca_cert(), &paths.ca_key())
+            .map_err(|e| anyhow::anyhow!("{e} (run `certs init` first)"))
+    };
+    match args.command {
+        Command::Init {
+            server_names,
+            force,
+            if_missing,
+        } => {
+            if paths.ca_cert().exists() && !force {
+                if if_missing {
+                    eprintln!(
+                        "a development PKI already exists in {}; leaving it",
+                        args.dir.display()
+                    );
+                    return Ok(Vec::new());
+                }
+                anyhow::bail!(
+                    "{} already exists; pass --force to replace the development PKI",
+                    paths.ca_cert().display()
+                );
+            }
+            let opts = DevPkiOptions {
+                extra_server_names: server_names,
+                leaf_days: args.days,
+                ..DevPkiOptions::default()
+            };
+            Ok(pki::write_dev_pki(&paths, &opts)?)
+        }
+        Command::Server { server_names } => {
+            Ok(pki::issue_server(&load_ca()?, &paths, &server_names, args.days)?.to_vec())
+        }
+        Command::Client { name } => {
+            let valid = !name.is_empty()
+                && name
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-._".contains(&b))
+                && !["ca", "server"].contains(&name.as_str());
+            if !valid {
+                anyhow::bail!("client name {name:?}: use letters, digits, '-', '.', '_' (and not 'ca' or 'server')");
+            }
+            Ok(pki::issue_client(&load_ca()?, &paths, &name, args.days)?.to_vec())
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! The server's configuration: command-line flags, each with an environment
+//! variable (12-factor), and the startup checks that turn them into
+//! [`ServerParts`].
+//!
+//! Every file is read and every setting checked before the server listens;
+//! all problems are reported together, each naming its file and field.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use clap::Parser;
+use tracing::{info, warn};
+
+use crate::pki::{self, DevPkiOptions, DevPkiPaths};
+use crate::policy::Policy;
+use crate::server::{Limits, ServerParts};
+use crate::service::InventoryService;
+use crate::telemetry::LogFormat;
+use crate::tls::{self, CertifiedKeyFiles, MinTlsVersion, ServerTlsOptions, TrustAnchors};
+
+/// Where the development PKI lives when no TLS files are named.
+pub const DEV_PKI_DIR: &str = "certs";
+/// The example policy shipped with the template.
+pub const DEFAULT_POLICY: &str = "config/policy.json";
+
+/// gRPC server with mutual TLS and per-RPC authorization (gRFC A43 policies).
+///
+/// With no --cert/--key/--client-ca, the development PKI in certs/ is used,
+/// and generated first if it is not there.
+#[derive(Parser, Debug)]
+#[command(name = "server", version)]
+pub struct ServerArgs {
+    /// Address to listen on.
+    #[arg(long, env = "SERVER_LISTEN", default_value = "127.0.0.1:50051")]
+    pub listen: SocketAddr,
+
+    /// Server certificate chain (PEM, leaf first). [default: certs/server.pem]
+    #[arg(long, env = "SERVER_CERT", requires_all = ["key", "client_ca"])]
+    pub cert: Option<PathBuf>,
+
+    /// Server private key (PEM). [default: certs/server.key]
+    #[arg(long, env = "SERVER_KEY", requires_all = ["cert", "client_ca"])]
+    pub key: Option<PathBuf>,
+
+    /// CA bundle (PEM) that client certificates must chain to. [default: certs/ca.pem]
+    #[arg(long, env = "SERVER_CLIENT_CA", requires_all = ["cert", "key"])]
+    pub client_ca: Option<PathBuf>,
+
+    /// Authorization policy (gRPC A43 JSON).
+    #[arg(long, env = "SERVER_POLICY", default_value = DEFAULT_POLICY)]
+    pub policy: PathBuf,
+
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+
+    /// Lowest TLS version accepted.
+    #[arg(
+        long,
+        env = "SERVER_MIN_TLS_VERSION",
+        value_enum,
+        default_value = "1.3"
+    )]
+    pub min_tls_version: MinTlsVersion,
+
+    /// Seconds a client has to complete the TLS handshake.
+    #[arg(long, env = "SERVER_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub handshake_timeout_secs: u64,
+
+    /// Concurrent RPCs (HTTP/2 streams) per connection.
+    #[arg(long, env = "SERVER_MAX_CONCURRENT_STREAMS", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_streams: u32,
+
+    /// Streams the server may reset for errors per connection before closing it (CVE-2025-8671).
+    #[arg(long, env = "SERVER_MAX_LOCAL_ERROR_RESETS", default_value_t = 256)]
+    pub max_local_error_resets: usize,
+
+    /// Largest request or response message in bytes.
+    #[arg(long, env = "SERVER_MAX_MESSAGE_BYTES", default_value_t = 4 * 1024 * 1024)]
+    pub max_message_bytes: usize,
+
+    /// Seconds in-flight RPCs get to finish after SIGINT/SIGTERM.
+    #[arg(long, env = "SERVER_DRAIN_TIMEOUT_SECS", default_value_t = 10)]
+    pub drain_timeout_secs: u64,
+}
+
+/// Startup problems, all of them at once.
+#[derive(Debug)]
+pub struct ConfigErrors(pub Vec<String>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let [only] = self.0.as_slice() {
+            return f.write_str(only);
+        }
+        write!(f, "{} configuration errors:", self.0.len())?;
+        for e in &self.0 {
+            write!(f, "\n  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+/// The TLS files the server will use.
+#[derive(Debug, Clone)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+}
+
+impl ServerArgs {
+    pub fn limits(&self) -> Limits {
+        Limits {
+            handshake_timeout: Duration::from_secs(self.handshake_timeout_secs),
+            max_concurrent_streams: self.max_concurrent_streams,
+            max_local_error_reset_streams: self.max_local_error_resets,
+            max_message_size: self.max_message_bytes,
+            drain_timeout: Duration::from_secs(self.drain_timeout_secs),
+            ..Limits::default()
+        }
+    }
+
+    /// The TLS files named on the command line, or the development PKI
+    /// (generated if absent).
+    pub fn tls_files(&self) -> Result<TlsFiles, ConfigErrors> {
+        match (&self.cert, &self.key, &self.client_ca) {
+            (Some(cert), Some(key), Some(client_ca)) => Ok(TlsFiles {
+                cert: cert.clone(),
+                key: key.clone(),
+                client_ca: client_ca.clone(),
+            }),
+            // clap's `requires_all` makes these three all-or-nothing.
+            _ => ensure_dev_pki(Path::new(DEV_PKI_DIR)),
+        }
+    }
+}
+
+/// Uses the development PKI in `dir`, generating it when none of its
+/// server files exist or when its server certificate has expired (dev
+/// certificates live for days). A partial PKI is an error rather than
+/// something to overwrite silently.
+pub fn ensure_dev_pki(dir: &Path) -> Result<TlsFiles, ConfigErrors> {
+    let paths = DevPkiPaths::new(dir);
+    let files = TlsFiles {
+        cert: paths.cert("server"),
+        key: paths.key("server"),
+        client_ca: paths.ca_cert(),
+    };
+    let present = [&files.cert, &files.key, &files.client_ca].map(|p| p.exists());
+    let regenerate = match present {
+        [false, false, false] => {
+            info!(dir = %dir.display(), "no TLS files given and no development PKI found: generating one (for development only)");
+            true
+        }
+        [true, true, true] => match server_cert_expired(&files.cert) {
+            Some(true) => {
+                warn!(cert = %files.cert.display(), "the development server certificate has expired: regenerating the development PKI");
+                true
+            }
+            _ => false,
+        },
+        _ => {
+            let missing: Vec<String> = [&files.cert, &files.key, &files.client_ca]
+                .iter()
+                .zip(present)
+                .filter(|(_, p)| !p)
+                .map(|(f, _)| f.display().to_string())
+                .collect();
+            return Err(ConfigErrors(vec![format!(
+                "the development PKI in {} is incomplete (missing {}); run `cargo run --bin certs -- init --force` to recreate it",
+                dir.display(),
+                missing.join(", ")
+            )]));
+        }
+    };
+    if regenerate {
+        let written = pki::write_dev_pki(&paths, &DevPkiOptions::default())
+            .map_err(|e| ConfigErrors(vec![format!("generating the development PKI: {e}")]))?;
+        info!(files = written.len(), dir = %dir.display(), "development PKI written; private keys are mode 0600");
+    }
+    Ok(files)
+}
+
+fn server_cert_expired(path: &Path) -> Option<bool> {
+    let certs = tls::read_certs(path, "certificate").ok()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(certs.first()?).ok()?;
+    Some(!cert.validity().is_valid())
+}
+
+/// Reads and checks everything the server needs. Reports every problem,
+/// not just the first.
+pub fn load(args: &ServerArgs) -> Result<ServerParts, ConfigErrors> {
+    let files = args.tls_files()?;
+    let mut errors = Vec::new();
+    let identity = CertifiedKeyFiles::read(&files.cert, &files.key)
+        .map_err(|e| errors.push(e.to_string()))
+        .ok();
+    let client_ca = TrustAnchors::read(&files.client_ca)
+        .map_err(|e| errors.push(e.to_string()))
+        .ok();
+    let policy = Policy::from_file(&args.policy)
+        .map_err(|e| errors.push(e.to_string()))
+        .ok();
+    let tls = match (identity, client_ca) {
+        (Some(identity), Some(ca)) => tls::server_config(
+            &identity,
+            &ca,
+            ServerTlsOptions {
+                min_version: args.min_tls_version,
+            },
+        )
+        .map_err(|e| errors.push(e.to_string()))
+        .ok(),
+        _ => None,
+    };
+    match (tls, policy) {
+        (Some(tls), Some(policy)) if errors.is_empty() => {
+            let (deny, allow) = policy.rule_counts();
+            info!(
+                policy = %args.policy.display(), name = policy.name(), deny_rules = deny, allow_rules = allow,
+                cert = %files.cert.display(), client_ca = %files.client_ca.display(),
+                "configuration loaded"
+            );
+            Ok(ServerParts {
+                tls: Arc::new(ArcSwap::new(tls)),
+                policy: Arc::new(ArcSwap::from_pointee(policy)),
+                inventory: InventoryService::new(),
+                limits: args.limits(),
+            })
+        }
+        _ => Err(ConfigErrors(errors)),
+    }
+}

@@ -1,0 +1,353 @@
+//! The one place that reads PEM files and builds rustls configurations, for
+//! both the server and the client.
+//!
+//! Both sides use the same crypto provider ([`provider`]), the same protocol
+//! versions and ALPN `h2`, so the two can never drift apart.
+//!
+//! Crypto provider: *ring*. It is the smaller build (no CMake, no Go, no
+//! assembler toolchain beyond a C compiler), which keeps the Docker builder
+//! image minimal and cold builds fast on small CI machines. aws-lc-rs would
+//! add FIPS and post-quantum key exchange; switch by changing the `ring`
+//! features in Cargo.toml and [`provider`].
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
+use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+/// ALPN protocol id of HTTP/2. gRPC C-core clients (Python grpcio, C++,
+/// Ruby, ...) refuse a TLS server that does not select it.
+pub const ALPN_H2: &[u8] = b"h2";
+
+/// Errors from reading TLS material or building a config. Every variant
+/// that concerns a file names it.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("{}: {source}", path.display())]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{}: not valid PEM: {reason}", path.display())]
+    Pem { path: PathBuf, reason: String },
+    #[error("{}: no {what} found in the file", path.display())]
+    Empty { path: PathBuf, what: &'static str },
+    #[error("{}: {what} is not a usable CA certificate: {source}", path.display())]
+    BadCa {
+        path: PathBuf,
+        what: &'static str,
+        source: rustls::Error,
+    },
+    #[error("certificate {} and key {} do not match or are unusable: {source}", cert.display(), key.display())]
+    CertKey {
+        cert: PathBuf,
+        key: PathBuf,
+        source: rustls::Error,
+    },
+    #[error("client CA {}: {source}", path.display())]
+    Verifier {
+        path: PathBuf,
+        source: rustls::server::VerifierBuilderError,
+    },
+    #[error("invalid server name {name:?}: {reason}")]
+    ServerName { name: String, reason: String },
+    #[error("TLS configuration: {0}")]
+    Config(#[from] rustls::Error),
+}
+
+/// The crypto provider both sides use.
+pub fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Which TLS versions to offer.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum MinTlsVersion {
+    /// TLS 1.3 only (the default).
+    #[default]
+    #[value(name = "1.3")]
+    Tls13,
+    /// TLS 1.2 and 1.3, for peers that cannot do 1.3.
+    #[value(name = "1.2")]
+    Tls12,
+}
+
+static TLS13_ONLY: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
+static TLS13_AND_12: &[&SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+impl MinTlsVersion {
+    fn versions(self) -> &'static [&'static SupportedProtocolVersion] {
+        match self {
+            MinTlsVersion::Tls13 => TLS13_ONLY,
+            MinTlsVersion::Tls12 => TLS13_AND_12,
+        }
+    }
+}
+
+/// A certificate chain and its private key, as read from PEM files.
+pub struct CertifiedKeyFiles {
+    pub chain: Vec<CertificateDer<'static>>,
+    pub key: PrivateKeyDer<'static>,
+    /// Where they came from, for error messages.
+    pub cert_path: PathBuf,
+    pub key_path: PathBuf,
+}
+
+impl CertifiedKeyFiles {
+    /// Reads a PEM certificate chain (leaf first) and a PEM private key
+    /// (PKCS#8, PKCS#1 or SEC1).
+    pub fn read(cert_path: &Path, key_path: &Path) -> Result<Self, TlsError> {
+        Ok(Self {
+            chain: read_certs(cert_path, "certificate")?,
+            key: read_key(key_path)?,
+            cert_path: cert_path.to_owned(),
+            key_path: key_path.to_owned(),
+        })
+    }
+
+    /// Wraps in-memory material (tests); `label` stands in for the paths in
+    /// error messages.
+    pub fn in_memory(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        label: &str,
+    ) -> Self {
+        Self {
+            chain,
+            key,
+            cert_path: PathBuf::from(format!("<{label} certificate>")),
+            key_path: PathBuf::from(format!("<{label} key>")),
+        }
+    }
+}
+
+// Hand-written: the key must never reach a log line.
+impl fmt::Debug for CertifiedKeyFiles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CertifiedKeyFiles")
+            .field("cert_path", &self.cert_path)
+            .field("chain_len", &self.chain.len())
+            .field("key_path", &self.key_path)
+            .field("key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// A set of trusted CA certificates, as read from a PEM bundle.
+#[derive(Clone, Debug)]
+pub struct TrustAnchors {
+    pub certs: Vec<CertificateDer<'static>>,
+    pub path: PathBuf,
+}
+
+impl TrustAnchors {
+    pub fn read(path: &Path) -> Result<Self, TlsError> {
+        Ok(Self {
+            certs: read_certs(path, "CA certificate")?,
+            path: path.to_owned(),
+        })
+    }
+
+    pub fn in_memory(certs: Vec<CertificateDer<'static>>, label: &str) -> Self {
+        Self {
+            certs,
+            path: PathBuf::from(format!("<{label}>")),
+        }
+    }
+
+    fn root_store(&self) -> Result<RootCertStore, TlsError> {
+        let mut store = RootCertStore::empty();
+        for cert in &self.certs {
+            store.add(cert.clone()).map_err(|source| TlsError::BadCa {
+                path: self.path.clone(),
+                what: "a certificate in the bundle",
+                source,
+            })?;
+        }
+        Ok(store)
+    }
+}
+
+/// Reads every certificate of a PEM file. Refuses a file with none.
+pub fn read_certs(
+    path: &Path,
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let bytes = std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    let certs = CertificateDer::pem_slice_iter(&bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(TlsError::Empty {
+            path: path.to_owned(),
+            what,
+        });
+    }
+    Ok(certs)
+}
+
+/// Reads the first private key of a PEM file.
+pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    let bytes = std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.to_owned(),
+        source,
+    })?;
+    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
+        rustls_pki_types::pem::Error::NoItemsFound => TlsError::Empty {
+            path: path.to_owned(),
+            what: "private key",
+        },
+        other => TlsError::Pem {
+            path: path.to_owned(),
+            reason: other.to_string(),
+        },
+    })
+}
+
+/// Server-side TLS settings.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ServerTlsOptions {
+    pub min_version: MinTlsVersion,
+}
+
+/// Builds the server config: the server's certificate, a client
+/// certificate *required* and verified against `client_ca`, ALPN h2, and no
+/// session resumption.
+///
+/// Resumption is off because a resumed TLS 1.3 session restores the client
+/// certificate from the ticket without verifying it again: a certificate
+/// revoked, or a CA removed, after the first handshake would get back in.
+/// A full mutual-TLS handshake costs well under a millisecond of server CPU
+/// and happens once per connection, not per RPC.
+pub fn server_config(
+    identity: &CertifiedKeyFiles,
+    client_ca: &TrustAnchors,
+    opts: ServerTlsOptions,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let provider = provider();
+    let roots = Arc::new(client_ca.root_store()?);
+    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+        .build()
+        .map_err(|source| TlsError::Verifier {
+            path: client_ca.path.clone(),
+            source,
+        })?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(opts.min_version.versions())?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(identity.chain.clone(), identity.key.clone_key())
+        .map_err(|source| TlsError::CertKey {
+            cert: identity.cert_path.clone(),
+            key: identity.key_path.clone(),
+            source,
+        })?;
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    config.session_storage = Arc::new(NoServerSessionStorage {});
+    config.send_tls13_tickets = 0;
+    Ok(Arc::new(config))
+}
+
+/// Client-side TLS settings.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ClientTlsOptions {
+    pub min_version: MinTlsVersion,
+}
+
+/// Builds the client config: present `identity`, verify the server against
+/// `server_ca` only (no system roots), ALPN h2.
+pub fn client_config(
+    identity: &CertifiedKeyFiles,
+    server_ca: &TrustAnchors,
+    opts: ClientTlsOptions,
+) -> Result<Arc<ClientConfig>, TlsError> {
+    let mut config = ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(opts.min_version.versions())?
+        .with_root_certificates(server_ca.root_store()?)
+        .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
+        .map_err(|source| TlsError::CertKey {
+            cert: identity.cert_path.clone(),
+            key: identity.key_path.clone(),
+            source,
+        })?;
+    config.alpn_protocols = vec![ALPN_H2.to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// Parses the name the client expects in the server's certificate (a DNS
+/// name or an IP address).
+pub fn server_name(name: &str) -> Result<ServerName<'static>, TlsError> {
+    ServerName::try_from(name.to_owned()).map_err(|e| TlsError::ServerName {
+        name: name.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::{CertificateAuthority, LeafSpec};
+
+    #[test]
+    fn file_errors_name_the_file_and_cause() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("nope.pem");
+        let e = read_certs(&missing, "certificate").unwrap_err().to_string();
+        assert!(e.contains("nope.pem") && e.contains("No such file"), "{e}");
+
+        let empty = dir.path().join("empty.pem");
+        std::fs::write(&empty, "hello\n").unwrap();
+        let e = read_certs(&empty, "certificate").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!("{}: no certificate found in the file", empty.display())
+        );
+        let e = read_key(&empty).unwrap_err().to_string();
+        assert_eq!(
+            e,
+            format!("{}: no private key found in the file", empty.display())
+        );
+    }
+
+    #[test]
+    fn mismatched_certificate_and_key_are_refused() {
+        let ca = CertificateAuthority::new("ca", 1).unwrap();
+        let a = ca.issue(&LeafSpec::server("a", &["localhost"])).unwrap();
+        let b = ca.issue(&LeafSpec::server("b", &["localhost"])).unwrap();
+        let mixed = CertifiedKeyFiles::in_memory(vec![a.cert_der.clone()], b.key_der(), "server");
+        let anchors = TrustAnchors::in_memory(vec![ca.cert_der().clone()], "ca");
+        let e = server_config(&mixed, &anchors, ServerTlsOptions::default()).unwrap_err();
+        assert!(matches!(e, TlsError::CertKey { .. }), "{e}");
+        assert!(e.to_string().contains("<server certificate>"), "{e}");
+    }
+
+    #[test]
+    fn server_config_requires_client_certs_and_offers_h2_without_resumption() {
+        let ca = CertificateAuthority::new("ca", 1).unwrap();
+        let s = ca.issue(&LeafSpec::server("s", &["localhost"])).unwrap();
+        let cfg = server_config(
+            &CertifiedKeyFiles::in_memory(vec![s.cert_der.clone()], s.key_der(), "server"),
+            &TrustAnchors::in_memory(vec![ca.cert_der().clone()], "ca"),
+            ServerTlsOptions::default(),
+        )
+        .unwrap();
+        assert_eq!(cfg.alpn_protocols, vec![b"h2".to_vec()]);
+        assert_eq!(cfg.send_tls13_tickets, 0);
+        let debug = format!(
+            "{:?}",
+            CertifiedKeyFiles::in_memory(vec![s.cert_der.clone()], s.key_der(), "server")
+        );
+        assert!(debug.contains("<redacted>") && !debug.contains("PRIVATE"));
+    }
+}

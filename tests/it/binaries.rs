@@ -1,0 +1,250 @@
+//! The `server`, `client` and `certs` binaries as a user runs them.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+
+const SERVER: &str = env!("CARGO_BIN_EXE_server");
+const CLIENT: &str = env!("CARGO_BIN_EXE_client");
+const CERTS: &str = env!("CARGO_BIN_EXE_certs");
+
+fn run(cmd: &mut Command) -> Output {
+    cmd.env_remove("RUST_LOG").output().unwrap()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// A project-like directory: the shipped policy under config/, nothing else.
+fn project_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("config")).unwrap();
+    std::fs::copy(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/policy.json"),
+        dir.path().join("config/policy.json"),
+    )
+    .unwrap();
+    dir
+}
+
+/// Starts the server in `dir` on an ephemeral port; returns it and the
+/// address it reported once listening.
+fn start_server(dir: &Path, extra: &[&str]) -> (Child, String, Vec<String>) {
+    let mut child = Command::new(SERVER)
+        .current_dir(dir)
+        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        .args(extra)
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let mut seen = Vec::new();
+    for line in lines.by_ref() {
+        let line = line.unwrap();
+        seen.push(line.clone());
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if event["message"] == "listening (mutual TLS)" {
+            let addr = event["addr"].as_str().unwrap().to_owned();
+            // Keep draining stderr so the server never blocks on a full pipe.
+            std::thread::spawn(move || for _ in lines {});
+            return (child, addr, seen);
+        }
+    }
+    let status = child.wait().unwrap();
+    panic!("server exited ({status}) before listening: {seen:#?}");
+}
+
+fn client(dir: &Path, addr: &str, args: &[&str]) -> Output {
+    run(Command::new(CLIENT)
+        .current_dir(dir)
+        .args(["--addr", addr])
+        .args(args))
+}
+
+#[test]
+fn fresh_checkout_generates_dev_pki_serves_and_stops_on_sigterm() {
+    let dir = project_dir();
+    let (mut server, addr, log) = start_server(dir.path(), &[]);
+    assert!(
+        log.iter()
+            .any(|l| l.contains("generating one (for development only)")),
+        "the server did not say it generated the PKI: {log:#?}"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for key in [
+            "ca.key",
+            "server.key",
+            "reader.key",
+            "writer.key",
+            "admin.key",
+            "outsider.key",
+        ] {
+            let mode = std::fs::metadata(dir.path().join("certs").join(key))
+                .unwrap()
+                .permissions()
+                .mode();
+            assert_eq!(mode & 0o777, 0o600, "{key}");
+        }
+    }
+
+    let health = client(dir.path(), &addr, &["health"]);
+    assert!(health.status.success(), "{}", stderr(&health));
+    assert_eq!(String::from_utf8_lossy(&health.stdout).trim(), "SERVING");
+
+    let put = client(
+        dir.path(),
+        &addr,
+        &["--identity", "writer", "put", "k1", "kiwi", "4"],
+    );
+    assert!(put.status.success(), "{}", stderr(&put));
+    assert!(String::from_utf8_lossy(&put.stdout).contains("updated_by=spiffe://example.org/writer"));
+
+    let denied = client(
+        dir.path(),
+        &addr,
+        &["--identity", "reader", "put", "k2", "kale", "1"],
+    );
+    assert_eq!(denied.status.code(), Some(1));
+    assert_eq!(
+        stderr(&denied).trim(),
+        "error: PERMISSION_DENIED: permission denied by authorization policy"
+    );
+
+    let wrong_name = client(
+        dir.path(),
+        &addr,
+        &["--server-name", "other.example", "health"],
+    );
+    assert_eq!(wrong_name.status.code(), Some(1));
+    assert!(
+        stderr(&wrong_name).contains("not valid for name"),
+        "{}",
+        stderr(&wrong_name)
+    );
+
+    let kill = Command::new("kill")
+        .args(["-TERM", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    let status = server.wait().unwrap();
+    assert!(
+        status.success(),
+        "server exited with {status} after SIGTERM"
+    );
+}
+
+#[test]
+fn invalid_policy_stops_startup_before_listening() {
+    let dir = project_dir();
+    let policy = dir.path().join("config/policy.json");
+    std::fs::write(
+        &policy,
+        r#"{"name": "p", "allow_rules": [{"name": "a", "request": {"headers": [{"key": "grpc-timeout", "values": ["1S"]}]}}]}"#,
+    )
+    .unwrap();
+    let out = run(Command::new(SERVER)
+        .current_dir(dir.path())
+        .args(["--listen", "127.0.0.1:0"]));
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(!err.contains("listening"), "{err}");
+    assert!(
+        err.contains(
+            "error: policy file config/policy.json: allow_rules[0].request.headers[0].key:"
+        ),
+        "{err}"
+    );
+}
+
+#[test]
+fn explicitly_named_files_that_are_missing_give_one_line_errors() {
+    let dir = project_dir();
+    let out = run(Command::new(SERVER).current_dir(dir.path()).args([
+        "--listen",
+        "127.0.0.1:0",
+        "--cert",
+        "nope/server.pem",
+        "--key",
+        "nope/server.key",
+        "--client-ca",
+        "nope/ca.pem",
+        "--policy",
+        "nope/policy.json",
+    ]));
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    // Every problem is reported, each naming its file and the cause.
+    for f in ["nope/server.pem", "nope/ca.pem", "nope/policy.json"] {
+        assert!(
+            err.contains(&format!("{f}: No such file or directory")),
+            "{f}: {err}"
+        );
+    }
+    assert!(
+        !err.contains("panicked") && !err.contains("listening"),
+        "{err}"
+    );
+    // No PKI was generated for explicitly named files.
+    assert!(!dir.path().join("certs").exists());
+
+    // One missing file: one line.
+    let certs = run(Command::new(CERTS).current_dir(dir.path()).args(["init"]));
+    assert!(certs.status.success(), "{}", stderr(&certs));
+    let out = run(Command::new(SERVER).current_dir(dir.path()).args([
+        "--listen",
+        "127.0.0.1:0",
+        "--cert",
+        "certs/server.pem",
+        "--key",
+        "certs/missing.key",
+        "--client-ca",
+        "certs/ca.pem",
+    ]));
+    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(
+        stderr(&out).trim(),
+        "error: certs/missing.key: No such file or directory (os error 2)"
+    );
+}
+
+#[test]
+fn client_failures_are_clear() {
+    let dir = project_dir();
+    let out = run(Command::new(CERTS).current_dir(dir.path()).arg("init"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A second init refuses to overwrite; --if-missing is a quiet success.
+    let again = run(Command::new(CERTS).current_dir(dir.path()).arg("init"));
+    assert!(
+        !again.status.success() && stderr(&again).contains("--force"),
+        "{}",
+        stderr(&again)
+    );
+    let quiet = run(Command::new(CERTS)
+        .current_dir(dir.path())
+        .args(["init", "--if-missing"]));
+    assert!(quiet.status.success());
+
+    let (mut server, addr, _) = start_server(dir.path(), &[]);
+    let missing = client(dir.path(), &addr, &["--identity", "nobody", "health"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert_eq!(
+        stderr(&missing).trim(),
+        "error: certs/nobody.pem: No such file or directory (os error 2)"
+    );
+
+    // A client certificate issued later from the same CA works.
+    let issued = run(Command::new(CERTS)
+        .current_dir(dir.path())
+        .args(["client", "auditor"]));
+    assert!(issued.status.success(), "{}", stderr(&issued));
+    let health = client(dir.path(), &addr, &["--identity", "auditor", "health"]);
+    assert!(health.status.success(), "{}", stderr(&health));
+    server.kill().unwrap();
+    server.wait().unwrap();
+}

@@ -1,0 +1,11 @@
+//! Integration tests: the real server on an ephemeral loopback port, called
+//! by the real client code as named identities. One binary (faster to
+//! build), one module per behaviour.
+
+mod helpers;
+
+mod authorization;
+mod binaries;
+mod health_reflection;
+mod shutdown;
+mod tls_refusal;
