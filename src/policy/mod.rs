@@ -72,6 +72,25 @@ impl<'a> Decision<'a> {
 }
 
 /// A compiled, immutable authorization policy.
+///
+/// ```
+/// use http::HeaderMap;
+/// use mtls_template::identity::PeerIdentity;
+/// use mtls_template::policy::{Decision, Policy, RpcRequest};
+///
+/// let policy = Policy::from_json(r#"{
+///     "name": "example",
+///     "allow_rules": [{"name": "readers",
+///         "source": {"principals": ["spiffe://example.org/reader"]},
+///         "request": {"paths": ["/inventory.v1.Inventory/GetItem"]}}]
+/// }"#).unwrap();
+/// let reader = PeerIdentity::from_names(&["spiffe://example.org/reader"], &[], "CN=reader");
+/// let headers = HeaderMap::new();
+/// let get = RpcRequest { path: "/inventory.v1.Inventory/GetItem", headers: &headers };
+/// let put = RpcRequest { path: "/inventory.v1.Inventory/PutItem", headers: &headers };
+/// assert_eq!(policy.decide(&reader, &get), Decision::Allow { rule: "readers" });
+/// assert_eq!(policy.decide(&reader, &put), Decision::DenyNoMatch);
+/// ```
 #[derive(Debug)]
 pub struct Policy {
     name: String,
