@@ -18,7 +18,7 @@ use arc_swap::ArcSwap;
 use futures_util::future::{ready, Either, Ready};
 use tonic::Status;
 use tower::{Layer, Service};
-use tracing::{debug, info};
+use tracing::info;
 
 use crate::conn::PeerInfo;
 use crate::policy::{Decision, Policy, RpcRequest};
@@ -34,11 +34,20 @@ pub const AUDIT_TARGET: &str = "audit";
 #[derive(Clone)]
 pub struct AuthzLayer {
     policy: SharedPolicy,
+    dry_run: bool,
 }
 
 impl AuthzLayer {
+    /// Enforces `policy`.
     pub fn new(policy: SharedPolicy) -> Self {
-        Self { policy }
+        Self { policy, dry_run: false }
+    }
+
+    /// In dry-run mode every decision is made and logged, but a denied RPC
+    /// is logged as `would-deny` and let through. Default off.
+    pub fn dry_run(mut self, dry_run: bool) -> Self {
+        self.dry_run = dry_run;
+        self
     }
 }
 
@@ -48,6 +57,7 @@ impl<S> Layer<S> for AuthzLayer {
         Authz {
             inner,
             policy: self.policy.clone(),
+            dry_run: self.dry_run,
         }
     }
 }
@@ -57,6 +67,7 @@ impl<S> Layer<S> for AuthzLayer {
 pub struct Authz<S> {
     inner: S,
     policy: SharedPolicy,
+    dry_run: bool,
 }
 
 type HttpResponse = http::Response<tonic::body::Body>;
@@ -98,8 +109,8 @@ where
                 headers: req.headers(),
             },
         );
-        log_decision(&policy, &peer, method, &decision);
-        if decision.is_allowed() {
+        log_decision(&policy, &peer, method, &decision, self.dry_run);
+        if decision.is_allowed() || self.dry_run {
             Either::Left(self.inner.call(req))
         } else {
             // The message says nothing about the policy: a caller learns
@@ -112,55 +123,38 @@ where
     }
 }
 
-/// One event per decision. Denials are at INFO (visible by default);
-/// allows are DEBUG, unless the policy's audit options ask for them, so
-/// that the hot path does not log a line per RPC by default.
-fn log_decision(policy: &Policy, peer: &PeerInfo, method: &str, decision: &Decision<'_>) {
+/// One event per decision. Denials (and dry-run would-denials) are at INFO,
+/// visible by default; allows are DEBUG, unless the policy's audit options
+/// ask for them, so that the hot path does not log a line per RPC by
+/// default. Audited decisions (gRFC A59) go to the `audit` target.
+fn log_decision(policy: &Policy, peer: &PeerInfo, method: &str, decision: &Decision<'_>, dry_run: bool) {
     let audit = policy.audit_condition();
     let rule = decision.rule().unwrap_or("");
     let peer_name = peer.identity.display_name();
-    let remote = peer
-        .remote_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    match decision {
-        Decision::Allow { .. } if audit.logs_allow() => info!(
-            target: AUDIT_TARGET,
-            peer = peer_name, method, decision = "allow", rule, policy = policy.name(), remote,
-            "RPC allowed"
-        ),
-        Decision::Allow { .. } => debug!(
-            peer = peer_name,
-            method,
-            decision = "allow",
-            rule,
-            policy = policy.name(),
-            "RPC allowed"
-        ),
-        _ => {
-            let reason = match decision {
-                Decision::DenyByRule { .. } => "deny rule matched",
-                Decision::DenyMalformed => "malformed binary metadata",
-                _ => "no allow rule matched",
-            };
-            if audit.logs_deny() {
-                info!(
-                    target: AUDIT_TARGET,
-                    peer = peer_name, method, decision = "deny", rule, reason, policy = policy.name(), remote,
-                    "RPC denied"
-                );
-            } else {
-                info!(
-                    peer = peer_name,
-                    method,
-                    decision = "deny",
-                    rule,
-                    reason,
-                    policy = policy.name(),
-                    remote,
-                    "RPC denied"
-                );
-            }
-        }
+    let policy_name = policy.name();
+    let remote = peer.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+    let reason = match decision {
+        Decision::Allow { .. } => "allow rule matched",
+        Decision::DenyByRule { .. } => "deny rule matched",
+        Decision::DenyMalformed => "malformed binary metadata",
+        Decision::DenyNoMatch => "no allow rule matched",
+    };
+    let (outcome, message) = match (decision.is_allowed(), dry_run) {
+        (true, _) => ("allow", "RPC allowed"),
+        (false, false) => ("deny", "RPC denied"),
+        (false, true) => ("would-deny", "RPC would be denied (dry run: let through)"),
+    };
+    // tracing needs the target and level at compile time, hence the arms.
+    macro_rules! event {
+        ($level:ident, $($target:tt)*) => {
+            tracing::$level!($($target)* peer = peer_name, method, decision = outcome, rule, reason,
+                policy = policy_name, remote, "{message}")
+        };
+    }
+    let audited = if decision.is_allowed() { audit.logs_allow() } else { audit.logs_deny() };
+    match (audited, decision.is_allowed()) {
+        (true, _) => event!(info, target: AUDIT_TARGET,),
+        (false, true) => event!(debug,),
+        (false, false) => event!(info,),
     }
 }

@@ -11,16 +11,15 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use clap::Parser;
 use tracing::{info, warn};
 
 use crate::pki::{self, DevPkiOptions, DevPkiPaths};
-use crate::policy::Policy;
+use crate::reload::{ServerReloader, ServerSources, WatchSettings};
 use crate::server::{Limits, ServerParts};
 use crate::service::InventoryService;
 use crate::telemetry::LogFormat;
-use crate::tls::{self, CertifiedKeyFiles, MinTlsVersion, ServerTlsOptions, TrustAnchors};
+use crate::tls::{self, MinTlsVersion, ServerTlsOptions};
 
 /// Where the development PKI lives when no TLS files are named.
 pub const DEV_PKI_DIR: &str = "certs";
@@ -86,6 +85,37 @@ pub struct ServerArgs {
     /// Seconds in-flight RPCs get to finish after SIGINT/SIGTERM.
     #[arg(long, env = "SERVER_DRAIN_TIMEOUT_SECS", default_value_t = 10)]
     pub drain_timeout_secs: u64,
+
+    /// Certificate revocation list (PEM) to check client certificates
+    /// against. Repeatable; in the environment, comma-separated.
+    #[arg(long = "crl", env = "SERVER_CRL", value_delimiter = ',')]
+    pub crls: Vec<PathBuf>,
+
+    /// Seconds after which a connection is closed gracefully (GOAWAY), so
+    /// that clients re-handshake under the current certificates, CA bundle
+    /// and CRLs.
+    #[arg(long, env = "SERVER_MAX_CONNECTION_AGE_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_connection_age_secs: u64,
+
+    /// Seconds a connection past its max age gets to finish its RPCs before
+    /// it is closed forcibly.
+    #[arg(long, env = "SERVER_MAX_CONNECTION_AGE_GRACE_SECS", default_value_t = 30)]
+    pub max_connection_age_grace_secs: u64,
+
+    /// Evaluate and log every decision, but let denied RPCs through (logged
+    /// as "would-deny"). For rolling out a new policy safely.
+    #[arg(long, env = "SERVER_DRY_RUN")]
+    pub dry_run: bool,
+
+    /// Reload on file system events for the certificate, key, CA, CRL and
+    /// policy files.
+    #[arg(long, env = "SERVER_WATCH_FILES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub watch_files: bool,
+
+    /// Also re-read those files every this many seconds (0: never). A
+    /// fallback for file systems without events.
+    #[arg(long, env = "SERVER_POLL_INTERVAL_SECS", default_value_t = 5)]
+    pub poll_interval_secs: u64,
 }
 
 /// Startup problems, all of them at once.
@@ -123,7 +153,17 @@ impl ServerArgs {
             max_local_error_reset_streams: self.max_local_error_resets,
             max_message_size: self.max_message_bytes,
             drain_timeout: Duration::from_secs(self.drain_timeout_secs),
+            max_connection_age: Duration::from_secs(self.max_connection_age_secs),
+            max_connection_age_grace: Duration::from_secs(self.max_connection_age_grace_secs),
             ..Limits::default()
+        }
+    }
+
+    pub fn watch_settings(&self) -> WatchSettings {
+        WatchSettings {
+            file_events: self.watch_files,
+            poll_interval: (self.poll_interval_secs > 0).then(|| Duration::from_secs(self.poll_interval_secs)),
+            sighup: true,
         }
     }
 
@@ -195,46 +235,39 @@ fn server_cert_expired(path: &Path) -> Option<bool> {
 }
 
 /// Reads and checks everything the server needs. Reports every problem,
-/// not just the first.
-pub fn load(args: &ServerArgs) -> Result<ServerParts, ConfigErrors> {
+/// not just the first. The returned reloader re-reads the same files later.
+pub fn load(args: &ServerArgs) -> Result<(ServerParts, Arc<ServerReloader>), ConfigErrors> {
     let files = args.tls_files()?;
-    let mut errors = Vec::new();
-    let identity = CertifiedKeyFiles::read(&files.cert, &files.key)
-        .map_err(|e| errors.push(e.to_string()))
-        .ok();
-    let client_ca = TrustAnchors::read(&files.client_ca)
-        .map_err(|e| errors.push(e.to_string()))
-        .ok();
-    let policy = Policy::from_file(&args.policy)
-        .map_err(|e| errors.push(e.to_string()))
-        .ok();
-    let tls = match (identity, client_ca) {
-        (Some(identity), Some(ca)) => tls::server_config(
-            &identity,
-            &ca,
-            ServerTlsOptions {
-                min_version: args.min_tls_version,
-            },
-        )
-        .map_err(|e| errors.push(e.to_string()))
-        .ok(),
-        _ => None,
+    let sources = ServerSources {
+        cert: files.cert.clone(),
+        key: files.key.clone(),
+        client_ca: files.client_ca.clone(),
+        crls: args.crls.clone(),
+        policy: args.policy.clone(),
+        tls: ServerTlsOptions {
+            min_version: args.min_tls_version,
+        },
     };
-    match (tls, policy) {
-        (Some(tls), Some(policy)) if errors.is_empty() => {
-            let (deny, allow) = policy.rule_counts();
-            info!(
-                policy = %args.policy.display(), name = policy.name(), deny_rules = deny, allow_rules = allow,
-                cert = %files.cert.display(), client_ca = %files.client_ca.display(),
-                "configuration loaded"
-            );
-            Ok(ServerParts {
-                tls: Arc::new(ArcSwap::new(tls)),
-                policy: Arc::new(ArcSwap::from_pointee(policy)),
-                inventory: InventoryService::new(),
-                limits: args.limits(),
-            })
-        }
-        _ => Err(ConfigErrors(errors)),
+    let loaded = ServerReloader::load(sources).map_err(ConfigErrors)?;
+    let policy = loaded.policy.load();
+    let (deny, allow) = policy.rule_counts();
+    info!(
+        policy = %args.policy.display(), name = policy.name(), deny_rules = deny, allow_rules = allow,
+        cert = %files.cert.display(), client_ca = %files.client_ca.display(), crls = args.crls.len(),
+        dry_run = args.dry_run,
+        "configuration loaded"
+    );
+    if args.dry_run {
+        warn!("dry-run mode: denied RPCs are logged as would-deny and let through");
     }
+    Ok((
+        ServerParts {
+            tls: loaded.tls,
+            policy: loaded.policy.clone(),
+            inventory: InventoryService::new(),
+            limits: args.limits(),
+            dry_run: args.dry_run,
+        },
+        loaded.reloader,
+    ))
 }

@@ -16,6 +16,7 @@
 //! * [`service`]: the example in-memory inventory service;
 //! * [`server`]: routes, transport limits, health, reflection, shutdown;
 //! * [`config`]: the server's command line and startup checks;
+//! * [`reload`]: live reload of certificates, CA bundle, CRLs and policy;
 //! * [`client`]: a tonic channel over the same TLS code;
 //! * [`pki`]: the development PKI (rcgen), for `certs/` and tests;
 //! * [`telemetry`]: logging setup.
@@ -31,6 +32,7 @@ pub mod conn;
 pub mod identity;
 pub mod pki;
 pub mod policy;
+pub mod reload;
 pub mod rfc2253;
 pub mod server;
 pub mod service;

@@ -15,8 +15,9 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason,
+    RevokedCertParams, SanType, SerialNumber,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -52,6 +53,8 @@ pub enum PkiError {
     },
     #[error("{}: not a usable CA certificate or key: {reason}", path.display())]
     BadCa { path: PathBuf, reason: String },
+    #[error("{}: {reason}", path.display())]
+    BadInput { path: PathBuf, reason: String },
 }
 
 fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
@@ -334,6 +337,104 @@ impl CertificateAuthority {
     }
 }
 
+/// One revoked certificate: its serial number and when it was revoked.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Revoked {
+    pub serial: Vec<u8>,
+    pub at: OffsetDateTime,
+}
+
+impl CertificateAuthority {
+    /// Signs a CRL listing `revoked`, valid for `days` days.
+    pub fn crl(&self, revoked: &[Revoked], crl_number: u64, days: i64) -> Result<IssuedCrl, PkiError> {
+        let now = OffsetDateTime::now_utc();
+        let params = CertificateRevocationListParams {
+            this_update: now - Duration::minutes(5),
+            next_update: now + Duration::days(days),
+            crl_number: SerialNumber::from(crl_number),
+            issuing_distribution_point: None,
+            revoked_certs: revoked
+                .iter()
+                .map(|r| RevokedCertParams {
+                    serial_number: SerialNumber::from_slice(&r.serial),
+                    revocation_time: r.at,
+                    reason_code: Some(RevocationReason::Unspecified),
+                    invalidity_date: None,
+                })
+                .collect(),
+            key_identifier_method: KeyIdMethod::Sha256,
+        };
+        let crl = params.signed_by(&self.issuer)?;
+        Ok(IssuedCrl {
+            der: crl.der().clone(),
+            pem: crl.pem()?,
+        })
+    }
+}
+
+/// A signed certificate revocation list.
+#[derive(Clone, Debug)]
+pub struct IssuedCrl {
+    pub der: rustls_pki_types::CertificateRevocationListDer<'static>,
+    pub pem: String,
+}
+
+/// The serial number of the first certificate in a PEM file.
+pub fn serial_of(cert_path: &Path) -> Result<Vec<u8>, PkiError> {
+    let pem = fs::read(cert_path).map_err(io_err(cert_path))?;
+    let bad = |reason: String| PkiError::BadInput {
+        path: cert_path.to_owned(),
+        reason,
+    };
+    let der = CertificateDer::from_pem_slice(&pem).map_err(|e| bad(e.to_string()))?;
+    let (_, cert) = x509_parser::parse_x509_certificate(&der).map_err(|e| bad(e.to_string()))?;
+    Ok(cert.raw_serial().to_vec())
+}
+
+/// The entries and number of an existing CRL file; empty if there is none.
+fn read_crl(path: &Path) -> Result<(Vec<Revoked>, u64), PkiError> {
+    let pem = match fs::read(path) {
+        Ok(pem) => pem,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((Vec::new(), 0)),
+        Err(e) => return Err(io_err(path)(e)),
+    };
+    let bad = |reason: String| PkiError::BadInput {
+        path: path.to_owned(),
+        reason,
+    };
+    let der = rustls_pki_types::CertificateRevocationListDer::from_pem_slice(&pem).map_err(|e| bad(e.to_string()))?;
+    let (_, crl) = x509_parser::parse_x509_crl(&der).map_err(|e| bad(e.to_string()))?;
+    let entries = crl
+        .iter_revoked_certificates()
+        .map(|r| Revoked {
+            serial: r.raw_serial().to_vec(),
+            at: r.revocation_date.to_datetime(),
+        })
+        .collect();
+    let number = crl
+        .crl_number()
+        .and_then(|n| u64::try_from(n.clone()).ok())
+        .unwrap_or(0);
+    Ok((entries, number))
+}
+
+/// Adds the certificate at `cert_path` to the development CRL
+/// (`<dir>/crl.pem`), re-signing it with the CA. Returns the CRL's path.
+pub fn revoke(ca: &CertificateAuthority, paths: &DevPkiPaths, cert_path: &Path, days: i64) -> Result<PathBuf, PkiError> {
+    let serial = serial_of(cert_path)?;
+    let crl_path = paths.crl();
+    let (mut entries, number) = read_crl(&crl_path)?;
+    if !entries.iter().any(|r| r.serial == serial) {
+        entries.push(Revoked {
+            serial,
+            at: OffsetDateTime::now_utc(),
+        });
+    }
+    let crl = ca.crl(&entries, number + 1, days)?;
+    write_public(&crl_path, &crl.pem)?;
+    Ok(crl_path)
+}
+
 /// Where the files of the on-disk development PKI live.
 #[derive(Clone, Debug)]
 pub struct DevPkiPaths {
@@ -355,6 +456,10 @@ impl DevPkiPaths {
     }
     pub fn key(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.key"))
+    }
+    /// The CRL `certs revoke` maintains.
+    pub fn crl(&self) -> PathBuf {
+        self.dir.join("crl.pem")
     }
 }
 
@@ -379,8 +484,8 @@ impl Default for DevPkiOptions {
 }
 
 /// Writes a complete development PKI into `paths.dir`: `ca.pem`/`ca.key`,
-/// `server.pem`/`server.key` and `<identity>.pem`/`.key` for every
-/// [`DEV_IDENTITIES`] entry. Replaces whatever is there. Returns the files
+/// `server.pem`/`server.key`, `<identity>.pem`/`.key` for every
+/// [`DEV_IDENTITIES`] entry, and an empty `crl.pem`. Replaces whatever is there. Returns the files
 /// written.
 pub fn write_dev_pki(paths: &DevPkiPaths, opts: &DevPkiOptions) -> Result<Vec<PathBuf>, PkiError> {
     fs::create_dir_all(&paths.dir).map_err(io_err(&paths.dir))?;
@@ -399,6 +504,10 @@ pub fn write_dev_pki(paths: &DevPkiPaths, opts: &DevPkiOptions) -> Result<Vec<Pa
     for name in DEV_IDENTITIES {
         written.extend(issue_client(&ca, paths, name, opts.leaf_days)?);
     }
+    // An empty CRL, so that `server --crl certs/crl.pem` works from the
+    // start and `certs revoke` has something to add to.
+    write_public(&paths.crl(), &ca.crl(&[], 1, opts.leaf_days)?.pem)?;
+    written.push(paths.crl());
     Ok(written)
 }
 
@@ -490,7 +599,7 @@ mod tests {
             },
         )
         .unwrap();
-        assert_eq!(written.len(), 4 + 2 * DEV_IDENTITIES.len());
+        assert_eq!(written.len(), 5 + 2 * DEV_IDENTITIES.len());
         for f in &written {
             let meta = fs::metadata(f).unwrap();
             #[cfg(unix)]
@@ -523,6 +632,30 @@ mod tests {
         let (_, parsed) = x509_parser::parse_x509_certificate(&leaf.cert_der).unwrap();
         let (_, root) = x509_parser::parse_x509_certificate(ca.cert_der()).unwrap();
         assert_eq!(parsed.issuer(), root.subject());
+    }
+
+    #[test]
+    fn revoking_accumulates_serials_in_a_signed_crl() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = DevPkiPaths::new(dir.path());
+        write_dev_pki(&paths, &DevPkiOptions::default()).unwrap();
+        let ca = CertificateAuthority::from_pem_files(&paths.ca_cert(), &paths.ca_key()).unwrap();
+        revoke(&ca, &paths, &paths.cert("reader"), 7).unwrap();
+        revoke(&ca, &paths, &paths.cert("writer"), 7).unwrap();
+        // Revoking twice does not duplicate the entry.
+        let crl_path = revoke(&ca, &paths, &paths.cert("writer"), 7).unwrap();
+        let (entries, number) = read_crl(&crl_path).unwrap();
+        assert_eq!(number, 4, "init wrote CRL number 1");
+        let serials: Vec<_> = entries.into_iter().map(|r| r.serial).collect();
+        assert_eq!(
+            serials,
+            [serial_of(&paths.cert("reader")).unwrap(), serial_of(&paths.cert("writer")).unwrap()]
+        );
+        let pem = fs::read(&crl_path).unwrap();
+        let der = rustls_pki_types::CertificateRevocationListDer::from_pem_slice(&pem).unwrap();
+        let (_, crl) = x509_parser::parse_x509_crl(&der).unwrap();
+        let (_, root) = x509_parser::parse_x509_certificate(ca.cert_der()).unwrap();
+        assert_eq!(crl.issuer(), root.subject());
     }
 
     #[test]

@@ -44,6 +44,14 @@ pub struct Limits {
     /// On shutdown, how long in-flight RPCs may take to finish before the
     /// remaining connections are closed. Default 10 s.
     pub drain_timeout: Duration,
+    /// Every connection is closed gracefully (GOAWAY) after this long, so
+    /// that clients re-handshake under the current certificates, CA bundle
+    /// and CRLs: a revoked client cannot keep an old connection for ever.
+    /// Default 10 min.
+    pub max_connection_age: Duration,
+    /// How long a connection past its max age may finish its RPCs before it
+    /// is closed forcibly. Default 30 s.
+    pub max_connection_age_grace: Duration,
 }
 
 impl Default for Limits {
@@ -58,6 +66,8 @@ impl Default for Limits {
             keepalive_interval: Duration::from_secs(60),
             keepalive_timeout: Duration::from_secs(20),
             drain_timeout: Duration::from_secs(10),
+            max_connection_age: Duration::from_secs(600),
+            max_connection_age_grace: Duration::from_secs(30),
         }
     }
 }
@@ -72,6 +82,8 @@ pub struct ServerParts {
     pub policy: SharedPolicy,
     pub inventory: InventoryService,
     pub limits: Limits,
+    /// Log would-be denials but let the RPCs through.
+    pub dry_run: bool,
 }
 
 /// Errors that stop the server.
@@ -114,7 +126,9 @@ pub async fn run(
         .http2_max_header_list_size(limits.max_header_list_size)
         .http2_keepalive_interval(Some(limits.keepalive_interval))
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
-        .layer(AuthzLayer::new(parts.policy.clone()))
+        .max_connection_age(limits.max_connection_age)
+        .max_connection_age_grace(limits.max_connection_age_grace)
+        .layer(AuthzLayer::new(parts.policy.clone()).dry_run(parts.dry_run))
         .add_service(inventory)
         .add_service(health_service)
         .add_service(reflection);

@@ -18,7 +18,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
 use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
 
 /// ALPN protocol id of HTTP/2. gRPC C-core clients (Python grpcio, C++,
 /// Ruby, ...) refuse a TLS server that does not select it.
@@ -51,6 +51,11 @@ pub enum TlsError {
     },
     #[error("client CA {}: {source}", path.display())]
     Verifier {
+        path: PathBuf,
+        source: rustls::server::VerifierBuilderError,
+    },
+    #[error("CRL {}: {source}", path.display())]
+    Crl {
         path: PathBuf,
         source: rustls::server::VerifierBuilderError,
     },
@@ -111,6 +116,16 @@ impl CertifiedKeyFiles {
         })
     }
 
+    /// Parses PEM contents already read from `cert_path` and `key_path`.
+    pub fn from_pem(cert_path: &Path, cert_pem: &[u8], key_path: &Path, key_pem: &[u8]) -> Result<Self, TlsError> {
+        Ok(Self {
+            chain: parse_certs(cert_pem, cert_path, "certificate")?,
+            key: parse_key(key_pem, key_path)?,
+            cert_path: cert_path.to_owned(),
+            key_path: key_path.to_owned(),
+        })
+    }
+
     /// Wraps in-memory material (tests); `label` stands in for the paths in
     /// error messages.
     pub fn in_memory(
@@ -154,6 +169,13 @@ impl TrustAnchors {
         })
     }
 
+    pub fn from_pem(path: &Path, pem: &[u8]) -> Result<Self, TlsError> {
+        Ok(Self {
+            certs: parse_certs(pem, path, "CA certificate")?,
+            path: path.to_owned(),
+        })
+    }
+
     pub fn in_memory(certs: Vec<CertificateDer<'static>>, label: &str) -> Self {
         Self {
             certs,
@@ -179,11 +201,26 @@ pub fn read_certs(
     path: &Path,
     what: &'static str,
 ) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let bytes = std::fs::read(path).map_err(|source| TlsError::Read {
+    parse_certs(&read(path)?, path, what)
+}
+
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
         path: path.to_owned(),
         source,
-    })?;
-    let certs = CertificateDer::pem_slice_iter(&bytes)
+    })
+}
+
+/// Parses every certificate of PEM `bytes` read from `path`. Refuses input
+/// with none, and input whose last block is cut short (a file caught
+/// half-written).
+pub fn parse_certs(
+    bytes: &[u8],
+    path: &Path,
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    check_complete(bytes, path)?;
+    let certs = CertificateDer::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::Pem {
             path: path.to_owned(),
@@ -198,13 +235,51 @@ pub fn read_certs(
     Ok(certs)
 }
 
+/// A file caught half-written ends inside a PEM block. Say so plainly
+/// rather than with the PEM parser's message, and never take what parsed
+/// before the cut as a smaller, valid bundle.
+fn check_complete(bytes: &[u8], path: &Path) -> Result<(), TlsError> {
+    let text = String::from_utf8_lossy(bytes);
+    if text.matches("-----BEGIN ").count() != text.matches("-----END ").count() {
+        return Err(TlsError::Pem {
+            path: path.to_owned(),
+            reason: "a PEM block has no END line (file truncated or still being written?)".to_owned(),
+        });
+    }
+    Ok(())
+}
+
+/// Reads every CRL of a PEM file. Refuses a file with none.
+pub fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    parse_crls(&read(path)?, path)
+}
+
+/// Parses every CRL of PEM `bytes` read from `path`.
+pub fn parse_crls(bytes: &[u8], path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+    check_complete(bytes, path)?;
+    let crls = CertificateRevocationListDer::pem_slice_iter(bytes)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| TlsError::Pem {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+    if crls.is_empty() {
+        return Err(TlsError::Empty {
+            path: path.to_owned(),
+            what: "certificate revocation list",
+        });
+    }
+    Ok(crls)
+}
+
 /// Reads the first private key of a PEM file.
 pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let bytes = std::fs::read(path).map_err(|source| TlsError::Read {
-        path: path.to_owned(),
-        source,
-    })?;
-    PrivateKeyDer::from_pem_slice(&bytes).map_err(|e| match e {
+    parse_key(&read(path)?, path)
+}
+
+/// Parses the first private key of PEM `bytes` read from `path`.
+pub fn parse_key(bytes: &[u8], path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(bytes).map_err(|e| match e {
         rustls_pki_types::pem::Error::NoItemsFound => TlsError::Empty {
             path: path.to_owned(),
             what: "private key",
@@ -216,6 +291,31 @@ pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
     })
 }
 
+/// Certificate revocation lists, as read from one PEM file.
+#[derive(Clone, Debug)]
+pub struct RevocationLists {
+    pub crls: Vec<CertificateRevocationListDer<'static>>,
+    pub path: PathBuf,
+}
+
+impl RevocationLists {
+    pub fn read(path: &Path) -> Result<Self, TlsError> {
+        Self::from_pem(path, &read(path)?)
+    }
+    pub fn from_pem(path: &Path, pem: &[u8]) -> Result<Self, TlsError> {
+        Ok(Self {
+            crls: parse_crls(pem, path)?,
+            path: path.to_owned(),
+        })
+    }
+    pub fn in_memory(crls: Vec<CertificateRevocationListDer<'static>>, label: &str) -> Self {
+        Self {
+            crls,
+            path: PathBuf::from(format!("<{label}>")),
+        }
+    }
+}
+
 /// Server-side TLS settings.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ServerTlsOptions {
@@ -223,8 +323,13 @@ pub struct ServerTlsOptions {
 }
 
 /// Builds the server config: the server's certificate, a client
-/// certificate *required* and verified against `client_ca`, ALPN h2, and no
-/// session resumption.
+/// certificate *required* and verified against `client_ca` and checked
+/// against `crls`, ALPN h2, and no session resumption.
+///
+/// Revocation: every certificate in the chain is checked against the CRLs
+/// of its issuer. A certificate whose issuer has no CRL configured is not
+/// revocation-checked (rather than refused), so that adding a CA without a
+/// CRL does not lock out its clients.
 ///
 /// Resumption is off because a resumed TLS 1.3 session restores the client
 /// certificate from the ticket without verifying it again: a certificate
@@ -234,16 +339,30 @@ pub struct ServerTlsOptions {
 pub fn server_config(
     identity: &CertifiedKeyFiles,
     client_ca: &TrustAnchors,
+    crls: &[RevocationLists],
     opts: ServerTlsOptions,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let provider = provider();
     let roots = Arc::new(client_ca.root_store()?);
-    let verifier = WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
-        .build()
-        .map_err(|source| TlsError::Verifier {
-            path: client_ca.path.clone(),
-            source,
-        })?;
+    let mut builder = WebPkiClientVerifier::builder_with_provider(roots, provider.clone());
+    if !crls.is_empty() {
+        builder = builder.allow_unknown_revocation_status();
+    }
+    // Each file on its own first, so that a bad CRL is reported by name.
+    for list in crls {
+        WebPkiClientVerifier::builder_with_provider(Arc::new(client_ca.root_store()?), provider.clone())
+            .with_crls(list.crls.iter().cloned())
+            .build()
+            .map_err(|source| TlsError::Crl {
+                path: list.path.clone(),
+                source,
+            })?;
+        builder = builder.with_crls(list.crls.iter().cloned());
+    }
+    let verifier = builder.build().map_err(|source| TlsError::Verifier {
+        path: client_ca.path.clone(),
+        source,
+    })?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(opts.min_version.versions())?
         .with_client_cert_verifier(verifier)
@@ -327,7 +446,7 @@ mod tests {
         let b = ca.issue(&LeafSpec::server("b", &["localhost"])).unwrap();
         let mixed = CertifiedKeyFiles::in_memory(vec![a.cert_der.clone()], b.key_der(), "server");
         let anchors = TrustAnchors::in_memory(vec![ca.cert_der().clone()], "ca");
-        let e = server_config(&mixed, &anchors, ServerTlsOptions::default()).unwrap_err();
+        let e = server_config(&mixed, &anchors, &[], ServerTlsOptions::default()).unwrap_err();
         assert!(matches!(e, TlsError::CertKey { .. }), "{e}");
         assert!(e.to_string().contains("<server certificate>"), "{e}");
     }
@@ -339,6 +458,7 @@ mod tests {
         let cfg = server_config(
             &CertifiedKeyFiles::in_memory(vec![s.cert_der.clone()], s.key_der(), "server"),
             &TrustAnchors::in_memory(vec![ca.cert_der().clone()], "ca"),
+            &[],
             ServerTlsOptions::default(),
         )
         .unwrap();

@@ -57,6 +57,15 @@ enum Command {
     /// Issue (or re-issue) a client certificate from the existing CA, with
     /// SPIFFE ID spiffe://example.org/NAME and CN=NAME.
     Client { name: String },
+    /// Revoke a client certificate: add certs/NAME.pem's serial number to
+    /// certs/crl.pem (created if absent) and re-sign the CRL. Serve it with
+    /// `server --crl certs/crl.pem`.
+    Revoke {
+        name: String,
+        /// Revoke this certificate file instead of certs/NAME.pem.
+        #[arg(long)]
+        cert: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -109,6 +118,10 @@ fn run(args: Args) -> anyhow::Result<Vec<PathBuf>> {
         }
         Command::Server { server_names } => {
             Ok(pki::issue_server(&load_ca()?, &paths, &server_names, args.days)?.to_vec())
+        }
+        Command::Revoke { name, cert } => {
+            let cert = cert.unwrap_or_else(|| paths.cert(&name));
+            Ok(vec![pki::revoke(&load_ca()?, &paths, &cert, args.days)?])
         }
         Command::Client { name } => {
             let valid = !name.is_empty()

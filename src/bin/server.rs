@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use mtls_template::config::{self, ServerArgs};
-use mtls_template::{server, telemetry};
+use mtls_template::{reload, server, telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -22,12 +22,22 @@ async fn main() -> ExitCode {
 
 async fn run(args: ServerArgs) -> anyhow::Result<()> {
     // Everything is read and checked before the port is opened.
-    let parts = config::load(&args)?;
+    let (parts, reloader) = config::load(&args)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| anyhow::anyhow!("--listen {}: {e}", args.listen))?;
     tracing::info!(addr = %listener.local_addr()?, "listening (mutual TLS)");
-    server::run(listener, parts, shutdown_signal()).await?;
+    // Certificates, keys, CA bundle, CRLs and policy reload while serving.
+    let watcher = tokio::spawn(reload::watch_files(
+        reloader.sources().all_paths(),
+        args.watch_settings(),
+        move || {
+            reloader.reload();
+        },
+    ));
+    let result = server::run(listener, parts, shutdown_signal()).await;
+    watcher.abort();
+    result?;
     Ok(())
 }
 

@@ -7,5 +7,8 @@ mod helpers;
 mod authorization;
 mod binaries;
 mod health_reflection;
+mod reload;
+mod revocation;
+mod rotation;
 mod shutdown;
 mod tls_refusal;

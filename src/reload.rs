@@ -1,0 +1,504 @@
+//! Live reload of certificates, keys, CA bundles, CRLs and the policy.
+//!
+//! Files are grouped by what they build: the TLS group (certificate, key,
+//! client CA bundle, CRLs) builds a rustls config; the policy group builds a
+//! [`Policy`]. A reload reads every file of a group, and if any content
+//! changed, builds the new value from exactly those bytes and swaps it in.
+//! New handshakes and new RPCs use it at once; open connections keep
+//! theirs until their max age ends them.
+//!
+//! A group whose files do not build (half-written, unreadable, a key that
+//! does not match its certificate, a bad CRL, an invalid policy) is refused:
+//! the error is logged once, naming the file, and the last good value stays
+//! in force. The refused contents are remembered, so the same bad file is
+//! not reported again on every poll; the next change is tried afresh.
+//!
+//! What triggers a reload: file system events on the files' directories
+//! (debounced), a poll as a fallback for file systems without events (and
+//! for Kubernetes-style symlink swaps), and SIGHUP.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use tokio::sync::{mpsc, watch};
+use tracing::{error, info, warn};
+
+use crate::authz::SharedPolicy;
+use crate::policy::Policy;
+use crate::tls::{self, CertifiedKeyFiles, ClientTlsOptions, RevocationLists, ServerTlsOptions, TrustAnchors};
+
+/// What one reload of one group did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupOutcome {
+    /// Nothing new since the last attempt.
+    Unchanged,
+    /// The new contents were applied; these files had changed.
+    Applied(Vec<PathBuf>),
+    /// The new contents were refused; the last good value stays.
+    Refused(String),
+}
+
+/// Files whose contents are applied together, all or nothing.
+struct FileGroup {
+    paths: Vec<PathBuf>,
+    /// The contents in force (`None` before the first successful load).
+    applied: Option<Vec<Vec<u8>>>,
+    /// The contents (or read error) last refused, so it is reported once.
+    refused: Option<Result<Vec<Vec<u8>>, String>>,
+}
+
+impl FileGroup {
+    fn new(paths: Vec<PathBuf>) -> Self {
+        Self {
+            applied: None,
+            paths,
+            refused: None,
+        }
+    }
+
+    fn in_force(&self, path: &Path) -> Option<Vec<u8>> {
+        let i = self.paths.iter().position(|p| p == path)?;
+        self.applied.as_ref().map(|a| a[i].clone())
+    }
+
+    /// Reads every file; on failure, names every file that could not be
+    /// read (one per line).
+    fn read_all(&self) -> Result<Vec<Vec<u8>>, String> {
+        let mut contents = Vec::with_capacity(self.paths.len());
+        let mut errors = Vec::new();
+        for p in &self.paths {
+            match std::fs::read(p) {
+                Ok(c) => contents.push(c),
+                Err(e) => errors.push(format!("{}: {e}", p.display())),
+            }
+        }
+        if errors.is_empty() {
+            Ok(contents)
+        } else {
+            Err(errors.join("\n"))
+        }
+    }
+
+    /// Reads the files; if they differ from what is in force, calls `build`
+    /// with the new contents and records the outcome.
+    fn reload(&mut self, build: impl FnOnce(&[Vec<u8>]) -> Result<(), String>) -> GroupOutcome {
+        let current = self.read_all();
+        if let Ok(contents) = &current {
+            if Some(contents) == self.applied.as_ref() {
+                self.refused = None;
+                return GroupOutcome::Unchanged;
+            }
+        }
+        if self.refused.as_ref() == Some(&current) {
+            return GroupOutcome::Unchanged;
+        }
+        let result = match &current {
+            Ok(contents) => build(contents),
+            Err(e) => Err(e.clone()),
+        };
+        match (result, current) {
+            (Ok(()), Ok(contents)) => {
+                let changed = self
+                    .paths
+                    .iter()
+                    .enumerate()
+                    .filter(|(i, _)| self.applied.as_ref().is_none_or(|old| old[*i] != contents[*i]))
+                    .map(|(_, p)| p.clone())
+                    .collect();
+                self.applied = Some(contents);
+                self.refused = None;
+                GroupOutcome::Applied(changed)
+            }
+            (Err(e), current) => {
+                self.refused = Some(current);
+                GroupOutcome::Refused(e)
+            }
+            (Ok(()), Err(e)) => GroupOutcome::Refused(e),
+        }
+    }
+}
+
+/// The files the server's TLS config and policy come from.
+#[derive(Clone, Debug)]
+pub struct ServerSources {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub client_ca: PathBuf,
+    pub crls: Vec<PathBuf>,
+    pub policy: PathBuf,
+    pub tls: ServerTlsOptions,
+}
+
+impl ServerSources {
+    fn tls_paths(&self) -> Vec<PathBuf> {
+        let mut paths = vec![self.cert.clone(), self.key.clone(), self.client_ca.clone()];
+        paths.extend(self.crls.iter().cloned());
+        paths
+    }
+
+    /// Every file, for watching.
+    pub fn all_paths(&self) -> Vec<PathBuf> {
+        let mut paths = self.tls_paths();
+        paths.push(self.policy.clone());
+        paths
+    }
+
+    /// Builds the TLS config from file contents. Every file is parsed even
+    /// after one fails, so that all problems are reported at once (one per
+    /// line).
+    fn build_tls(&self, contents: &[Vec<u8>]) -> Result<Arc<rustls::ServerConfig>, String> {
+        fn keep<T>(errors: &mut Vec<String>, r: Result<T, tls::TlsError>) -> Option<T> {
+            r.map_err(|e| errors.push(e.to_string())).ok()
+        }
+        let mut errors = Vec::new();
+        let chain = keep(&mut errors, tls::parse_certs(&contents[0], &self.cert, "certificate"));
+        let key = keep(&mut errors, tls::parse_key(&contents[1], &self.key));
+        let ca = keep(&mut errors, TrustAnchors::from_pem(&self.client_ca, &contents[2]));
+        let crls: Vec<_> = self
+            .crls
+            .iter()
+            .zip(&contents[3..])
+            .filter_map(|(path, pem)| keep(&mut errors, RevocationLists::from_pem(path, pem)))
+            .collect();
+        match (chain, key, ca) {
+            (Some(chain), Some(key), Some(ca)) if errors.is_empty() => {
+                let identity = CertifiedKeyFiles {
+                    chain,
+                    key,
+                    cert_path: self.cert.clone(),
+                    key_path: self.key.clone(),
+                };
+                tls::server_config(&identity, &ca, &crls, self.tls).map_err(|e| e.to_string())
+            }
+            _ => Err(errors.join("\n")),
+        }
+    }
+
+    fn build_policy(&self, contents: &[Vec<u8>]) -> Result<Policy, String> {
+        let text = std::str::from_utf8(&contents[0])
+            .map_err(|e| format!("policy file {}: not UTF-8: {e}", self.policy.display()))?;
+        Policy::from_json(text).map_err(|e| format!("policy file {}: {e}", self.policy.display()))
+    }
+}
+
+/// Reloads the server's TLS config and policy from their files.
+pub struct ServerReloader {
+    sources: ServerSources,
+    tls: Arc<ArcSwap<rustls::ServerConfig>>,
+    policy: SharedPolicy,
+    groups: Mutex<(FileGroup, FileGroup)>,
+    attempts: watch::Sender<u64>,
+}
+
+/// Everything the first load produced.
+pub struct Loaded {
+    pub reloader: Arc<ServerReloader>,
+    pub tls: Arc<ArcSwap<rustls::ServerConfig>>,
+    pub policy: SharedPolicy,
+}
+
+impl ServerReloader {
+    /// Loads everything once. Fails, with every problem listed, if anything
+    /// does not build: at startup there is no last good value to keep.
+    pub fn load(sources: ServerSources) -> Result<Loaded, Vec<String>> {
+        let mut tls_group = FileGroup::new(sources.tls_paths());
+        let mut policy_group = FileGroup::new(vec![sources.policy.clone()]);
+        let mut errors = Vec::new();
+        let mut tls = None;
+        let mut policy = None;
+        let tls_outcome = tls_group.reload(|c| sources.build_tls(c).map(|t| tls = Some(t)));
+        if let GroupOutcome::Refused(e) = tls_outcome {
+            errors.extend(e.lines().map(str::to_owned));
+        }
+        let policy_outcome = policy_group.reload(|c| sources.build_policy(c).map(|p| policy = Some(p)));
+        if let GroupOutcome::Refused(e) = policy_outcome {
+            errors.extend(e.lines().map(str::to_owned));
+        }
+        let (Some(tls), Some(policy)) = (tls, policy) else {
+            return Err(errors);
+        };
+        let tls = Arc::new(ArcSwap::new(tls));
+        let policy: SharedPolicy = Arc::new(ArcSwap::from_pointee(policy));
+        let reloader = Arc::new(ServerReloader {
+            sources,
+            tls: tls.clone(),
+            policy: policy.clone(),
+            groups: Mutex::new((tls_group, policy_group)),
+            attempts: watch::Sender::new(0),
+        });
+        Ok(Loaded { reloader, tls, policy })
+    }
+
+    pub fn sources(&self) -> &ServerSources {
+        &self.sources
+    }
+
+    /// The contents of `path` that the configuration in force was built
+    /// from, if `path` is one of the watched files.
+    pub fn in_force(&self, path: &Path) -> Option<Vec<u8>> {
+        let groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        let (tls_group, policy_group) = &*groups;
+        let found = tls_group.in_force(path).or_else(|| policy_group.in_force(path));
+        found
+    }
+
+    /// Counts reloads that did something (applied or refused). Tests and
+    /// tools wait on it instead of sleeping.
+    pub fn watch_attempts(&self) -> watch::Receiver<u64> {
+        self.attempts.subscribe()
+    }
+
+    /// Re-reads every file and applies what changed. Logs one line per
+    /// reload that did something.
+    pub fn reload(&self) -> (GroupOutcome, GroupOutcome) {
+        let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
+        let (tls_group, policy_group) = &mut *groups;
+        let tls_outcome = tls_group.reload(|c| {
+            let config = self.sources.build_tls(c)?;
+            self.tls.store(config);
+            Ok(())
+        });
+        let policy_outcome = policy_group.reload(|c| {
+            let policy = self.sources.build_policy(c)?;
+            self.policy.store(Arc::new(policy));
+            Ok(())
+        });
+        drop(groups);
+        let mut changed = BTreeSet::new();
+        for outcome in [&tls_outcome, &policy_outcome] {
+            match outcome {
+                GroupOutcome::Applied(files) => changed.extend(files.iter().map(|f| f.display().to_string())),
+                GroupOutcome::Refused(e) => {
+                    let e = e.replace('\n', "; ");
+                    error!(error = %e, "reload refused; the last good configuration stays in force")
+                }
+                GroupOutcome::Unchanged => {}
+            }
+        }
+        if !changed.is_empty() {
+            let changed: Vec<_> = changed.into_iter().collect();
+            let policy = self.policy.load();
+            info!(changed = %changed.join(", "), policy = policy.name(), "configuration reloaded");
+        }
+        if tls_outcome != GroupOutcome::Unchanged || policy_outcome != GroupOutcome::Unchanged {
+            self.attempts.send_modify(|n| *n += 1);
+        }
+        (tls_outcome, policy_outcome)
+    }
+}
+
+/// Reloads a client's own certificate, key and server CA bundle, so that a
+/// long-running client presents its rotated certificate on new connections.
+pub struct ClientReloader {
+    cert: PathBuf,
+    key: PathBuf,
+    ca: PathBuf,
+    opts: ClientTlsOptions,
+    config: Arc<ArcSwap<rustls::ClientConfig>>,
+    group: Mutex<FileGroup>,
+    attempts: watch::Sender<u64>,
+}
+
+impl ClientReloader {
+    /// Loads the client config once; fails if it does not build.
+    pub fn load(cert: &Path, key: &Path, ca: &Path, opts: ClientTlsOptions) -> Result<Arc<Self>, String> {
+        let mut group = FileGroup::new(vec![cert.to_owned(), key.to_owned(), ca.to_owned()]);
+        let build = |c: &[Vec<u8>]| -> Result<Arc<rustls::ClientConfig>, String> {
+            let identity = CertifiedKeyFiles::from_pem(cert, &c[0], key, &c[1]).map_err(|e| e.to_string())?;
+            let anchors = TrustAnchors::from_pem(ca, &c[2]).map_err(|e| e.to_string())?;
+            tls::client_config(&identity, &anchors, opts).map_err(|e| e.to_string())
+        };
+        let mut first = None;
+        if let GroupOutcome::Refused(e) = group.reload(|c| build(c).map(|cfg| first = Some(cfg))) {
+            return Err(e);
+        }
+        let config = first.ok_or_else(|| "client TLS files did not load".to_owned())?;
+        Ok(Arc::new(Self {
+            cert: cert.to_owned(),
+            key: key.to_owned(),
+            ca: ca.to_owned(),
+            opts,
+            config: Arc::new(ArcSwap::new(config)),
+            group: Mutex::new(group),
+            attempts: watch::Sender::new(0),
+        }))
+    }
+
+    /// The config new connections use; pass it to [`crate::client::connect`].
+    pub fn config(&self) -> Arc<ArcSwap<rustls::ClientConfig>> {
+        self.config.clone()
+    }
+
+    pub fn paths(&self) -> Vec<PathBuf> {
+        vec![self.cert.clone(), self.key.clone(), self.ca.clone()]
+    }
+
+    pub fn watch_attempts(&self) -> watch::Receiver<u64> {
+        self.attempts.subscribe()
+    }
+
+    pub fn reload(&self) -> GroupOutcome {
+        let mut group = self.group.lock().unwrap_or_else(|p| p.into_inner());
+        let outcome = group.reload(|c| {
+            let identity =
+                CertifiedKeyFiles::from_pem(&self.cert, &c[0], &self.key, &c[1]).map_err(|e| e.to_string())?;
+            let anchors = TrustAnchors::from_pem(&self.ca, &c[2]).map_err(|e| e.to_string())?;
+            self.config
+                .store(tls::client_config(&identity, &anchors, self.opts).map_err(|e| e.to_string())?);
+            Ok(())
+        });
+        drop(group);
+        match &outcome {
+            GroupOutcome::Applied(files) => {
+                let files: Vec<_> = files.iter().map(|f| f.display().to_string()).collect();
+                info!(changed = %files.join(", "), "client TLS configuration reloaded");
+            }
+            GroupOutcome::Refused(e) => error!(error = %e, "client TLS reload refused; keeping the last good configuration"),
+            GroupOutcome::Unchanged => {}
+        }
+        if outcome != GroupOutcome::Unchanged {
+            self.attempts.send_modify(|n| *n += 1);
+        }
+        outcome
+    }
+}
+
+/// How reloads are triggered.
+#[derive(Clone, Copy, Debug)]
+pub struct WatchSettings {
+    /// React to file system events (inotify on Linux).
+    pub file_events: bool,
+    /// Re-read the files this often regardless; `None` turns polling off.
+    pub poll_interval: Option<Duration>,
+    /// Reload on SIGHUP.
+    pub sighup: bool,
+}
+
+impl Default for WatchSettings {
+    fn default() -> Self {
+        Self {
+            file_events: true,
+            poll_interval: Some(Duration::from_secs(5)),
+            sighup: true,
+        }
+    }
+}
+
+/// Sets up the reload triggers for `paths` and returns the future that
+/// calls `reload` whenever one of them may have changed; spawn it. The
+/// triggers are in place when this returns, so no change made after it is
+/// missed; one reload runs at the start to catch changes made before.
+/// Dropping or aborting the future stops watching. The blocking file reads
+/// run off the async threads.
+pub fn watch_files<F>(
+    paths: Vec<PathBuf>,
+    settings: WatchSettings,
+    reload: F,
+) -> impl std::future::Future<Output = ()> + Send + 'static
+where
+    F: Fn() + Send + Sync + 'static,
+{
+    let reload = Arc::new(reload);
+    let (tx, mut rx) = mpsc::channel::<&'static str>(16);
+    let _ = tx.try_send("start");
+
+    let watcher = if settings.file_events {
+        spawn_fs_watcher(&paths, tx.clone())
+    } else {
+        None
+    };
+
+    #[cfg(unix)]
+    let hangups = if settings.sighup {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(hup) => Some(hup),
+            Err(e) => {
+                warn!(error = %e, "cannot listen for SIGHUP");
+                None
+            }
+        }
+    } else {
+        None
+    };
+
+    async move {
+        // Keep the watcher alive for as long as this future runs.
+        let _watcher = watcher;
+        let mut helpers = tokio::task::JoinSet::new();
+        #[cfg(unix)]
+        if let Some(mut hup) = hangups {
+            let tx = tx.clone();
+            helpers.spawn(async move {
+                while hup.recv().await.is_some() {
+                    if tx.send("SIGHUP").await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        if let Some(every) = settings.poll_interval {
+            let tx = tx.clone();
+            helpers.spawn(async move {
+                let mut ticks = tokio::time::interval(every);
+                ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                ticks.tick().await;
+                loop {
+                    ticks.tick().await;
+                    if tx.send("poll").await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+        drop(tx);
+
+        while let Some(why) = rx.recv().await {
+            if why == "file event" {
+                // Writers often touch a file several times (truncate,
+                // write, rename); coalesce a burst into one reload.
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            while rx.try_recv().is_ok() {}
+            if why == "SIGHUP" {
+                info!("SIGHUP received: reloading");
+            }
+            let reload = reload.clone();
+            // Keep the caller's subscriber for the reload's log lines.
+            let dispatch = tracing::dispatcher::get_default(|d| d.clone());
+            let _ = tokio::task::spawn_blocking(move || tracing::dispatcher::with_default(&dispatch, || reload())).await;
+        }
+    }
+}
+
+fn spawn_fs_watcher(paths: &[PathBuf], tx: mpsc::Sender<&'static str>) -> Option<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let mut watcher = match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+        if event.is_ok() {
+            let _ = tx.try_send("file event");
+        }
+    }) {
+        Ok(w) => w,
+        Err(e) => {
+            warn!(error = %e, "file events unavailable; relying on polling");
+            return None;
+        }
+    };
+    // Watch directories, not files: rotation usually replaces a file by
+    // renaming a new one over it, which ends a watch on the old inode.
+    let dirs: BTreeSet<PathBuf> = paths
+        .iter()
+        .map(|p| match p.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_owned(),
+            _ => PathBuf::from("."),
+        })
+        .collect();
+    for dir in dirs {
+        if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+            warn!(dir = %dir.display(), error = %e, "cannot watch directory; relying on polling");
+        }
+    }
+    Some(watcher)
+}
