@@ -40,7 +40,10 @@ pub struct AuthzLayer {
 impl AuthzLayer {
     /// Enforces `policy`.
     pub fn new(policy: SharedPolicy) -> Self {
-        Self { policy, dry_run: false }
+        Self {
+            policy,
+            dry_run: false,
+        }
     }
 
     /// In dry-run mode every decision is made and logged, but a denied RPC
@@ -127,12 +130,21 @@ where
 /// visible by default; allows are DEBUG, unless the policy's audit options
 /// ask for them, so that the hot path does not log a line per RPC by
 /// default. Audited decisions (gRFC A59) go to the `audit` target.
-fn log_decision(policy: &Policy, peer: &PeerInfo, method: &str, decision: &Decision<'_>, dry_run: bool) {
+fn log_decision(
+    policy: &Policy,
+    peer: &PeerInfo,
+    method: &str,
+    decision: &Decision<'_>,
+    dry_run: bool,
+) {
     let audit = policy.audit_condition();
     let rule = decision.rule().unwrap_or("");
     let peer_name = peer.identity.display_name();
     let policy_name = policy.name();
-    let remote = peer.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+    let remote = peer
+        .remote_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
     let reason = match decision {
         Decision::Allow { .. } => "allow rule matched",
         Decision::DenyByRule { .. } => "deny rule matched",
@@ -151,7 +163,11 @@ fn log_decision(policy: &Policy, peer: &PeerInfo, method: &str, decision: &Decis
                 policy = policy_name, remote, "{message}")
         };
     }
-    let audited = if decision.is_allowed() { audit.logs_allow() } else { audit.logs_deny() };
+    let audited = if decision.is_allowed() {
+        audit.logs_allow()
+    } else {
+        audit.logs_deny()
+    };
     match (audited, decision.is_allowed()) {
         (true, _) => event!(info, target: AUDIT_TARGET,),
         (false, true) => event!(debug,),

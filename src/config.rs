@@ -99,7 +99,11 @@ pub struct ServerArgs {
 
     /// Seconds a connection past its max age gets to finish its RPCs before
     /// it is closed forcibly.
-    #[arg(long, env = "SERVER_MAX_CONNECTION_AGE_GRACE_SECS", default_value_t = 30)]
+    #[arg(
+        long,
+        env = "SERVER_MAX_CONNECTION_AGE_GRACE_SECS",
+        default_value_t = 30
+    )]
     pub max_connection_age_grace_secs: u64,
 
     /// Evaluate and log every decision, but let denied RPCs through (logged
@@ -162,7 +166,8 @@ impl ServerArgs {
     pub fn watch_settings(&self) -> WatchSettings {
         WatchSettings {
             file_events: self.watch_files,
-            poll_interval: (self.poll_interval_secs > 0).then(|| Duration::from_secs(self.poll_interval_secs)),
+            poll_interval: (self.poll_interval_secs > 0)
+                .then(|| Duration::from_secs(self.poll_interval_secs)),
             sighup: true,
         }
     }

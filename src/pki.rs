@@ -15,9 +15,9 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName, DnType,
-    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose, RevocationReason,
-    RevokedCertParams, SanType, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
+    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    RevocationReason, RevokedCertParams, SanType, SerialNumber,
 };
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -346,7 +346,12 @@ pub struct Revoked {
 
 impl CertificateAuthority {
     /// Signs a CRL listing `revoked`, valid for `days` days.
-    pub fn crl(&self, revoked: &[Revoked], crl_number: u64, days: i64) -> Result<IssuedCrl, PkiError> {
+    pub fn crl(
+        &self,
+        revoked: &[Revoked],
+        crl_number: u64,
+        days: i64,
+    ) -> Result<IssuedCrl, PkiError> {
         let now = OffsetDateTime::now_utc();
         let params = CertificateRevocationListParams {
             this_update: now - Duration::minutes(5),
@@ -402,7 +407,8 @@ fn read_crl(path: &Path) -> Result<(Vec<Revoked>, u64), PkiError> {
         path: path.to_owned(),
         reason,
     };
-    let der = rustls_pki_types::CertificateRevocationListDer::from_pem_slice(&pem).map_err(|e| bad(e.to_string()))?;
+    let der = rustls_pki_types::CertificateRevocationListDer::from_pem_slice(&pem)
+        .map_err(|e| bad(e.to_string()))?;
     let (_, crl) = x509_parser::parse_x509_crl(&der).map_err(|e| bad(e.to_string()))?;
     let entries = crl
         .iter_revoked_certificates()
@@ -420,7 +426,12 @@ fn read_crl(path: &Path) -> Result<(Vec<Revoked>, u64), PkiError> {
 
 /// Adds the certificate at `cert_path` to the development CRL
 /// (`<dir>/crl.pem`), re-signing it with the CA. Returns the CRL's path.
-pub fn revoke(ca: &CertificateAuthority, paths: &DevPkiPaths, cert_path: &Path, days: i64) -> Result<PathBuf, PkiError> {
+pub fn revoke(
+    ca: &CertificateAuthority,
+    paths: &DevPkiPaths,
+    cert_path: &Path,
+    days: i64,
+) -> Result<PathBuf, PkiError> {
     let serial = serial_of(cert_path)?;
     let crl_path = paths.crl();
     let (mut entries, number) = read_crl(&crl_path)?;
@@ -649,7 +660,10 @@ mod tests {
         let serials: Vec<_> = entries.into_iter().map(|r| r.serial).collect();
         assert_eq!(
             serials,
-            [serial_of(&paths.cert("reader")).unwrap(), serial_of(&paths.cert("writer")).unwrap()]
+            [
+                serial_of(&paths.cert("reader")).unwrap(),
+                serial_of(&paths.cert("writer")).unwrap()
+            ]
         );
         let pem = fs::read(&crl_path).unwrap();
         let der = rustls_pki_types::CertificateRevocationListDer::from_pem_slice(&pem).unwrap();

@@ -28,7 +28,9 @@ use tracing::{error, info, warn};
 
 use crate::authz::SharedPolicy;
 use crate::policy::Policy;
-use crate::tls::{self, CertifiedKeyFiles, ClientTlsOptions, RevocationLists, ServerTlsOptions, TrustAnchors};
+use crate::tls::{
+    self, CertifiedKeyFiles, ClientTlsOptions, RevocationLists, ServerTlsOptions, TrustAnchors,
+};
 
 /// What one reload of one group did.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -105,7 +107,11 @@ impl FileGroup {
                     .paths
                     .iter()
                     .enumerate()
-                    .filter(|(i, _)| self.applied.as_ref().is_none_or(|old| old[*i] != contents[*i]))
+                    .filter(|(i, _)| {
+                        self.applied
+                            .as_ref()
+                            .is_none_or(|old| old[*i] != contents[*i])
+                    })
                     .map(|(_, p)| p.clone())
                     .collect();
                 self.applied = Some(contents);
@@ -154,9 +160,15 @@ impl ServerSources {
             r.map_err(|e| errors.push(e.to_string())).ok()
         }
         let mut errors = Vec::new();
-        let chain = keep(&mut errors, tls::parse_certs(&contents[0], &self.cert, "certificate"));
+        let chain = keep(
+            &mut errors,
+            tls::parse_certs(&contents[0], &self.cert, "certificate"),
+        );
         let key = keep(&mut errors, tls::parse_key(&contents[1], &self.key));
-        let ca = keep(&mut errors, TrustAnchors::from_pem(&self.client_ca, &contents[2]));
+        let ca = keep(
+            &mut errors,
+            TrustAnchors::from_pem(&self.client_ca, &contents[2]),
+        );
         let crls: Vec<_> = self
             .crls
             .iter()
@@ -213,7 +225,8 @@ impl ServerReloader {
         if let GroupOutcome::Refused(e) = tls_outcome {
             errors.extend(e.lines().map(str::to_owned));
         }
-        let policy_outcome = policy_group.reload(|c| sources.build_policy(c).map(|p| policy = Some(p)));
+        let policy_outcome =
+            policy_group.reload(|c| sources.build_policy(c).map(|p| policy = Some(p)));
         if let GroupOutcome::Refused(e) = policy_outcome {
             errors.extend(e.lines().map(str::to_owned));
         }
@@ -229,7 +242,11 @@ impl ServerReloader {
             groups: Mutex::new((tls_group, policy_group)),
             attempts: watch::Sender::new(0),
         });
-        Ok(Loaded { reloader, tls, policy })
+        Ok(Loaded {
+            reloader,
+            tls,
+            policy,
+        })
     }
 
     pub fn sources(&self) -> &ServerSources {
@@ -240,9 +257,7 @@ impl ServerReloader {
     /// from, if `path` is one of the watched files.
     pub fn in_force(&self, path: &Path) -> Option<Vec<u8>> {
         let groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
-        let (tls_group, policy_group) = &*groups;
-        let found = tls_group.in_force(path).or_else(|| policy_group.in_force(path));
-        found
+        groups.0.in_force(path).or_else(|| groups.1.in_force(path))
     }
 
     /// Counts reloads that did something (applied or refused). Tests and
@@ -270,7 +285,9 @@ impl ServerReloader {
         let mut changed = BTreeSet::new();
         for outcome in [&tls_outcome, &policy_outcome] {
             match outcome {
-                GroupOutcome::Applied(files) => changed.extend(files.iter().map(|f| f.display().to_string())),
+                GroupOutcome::Applied(files) => {
+                    changed.extend(files.iter().map(|f| f.display().to_string()))
+                }
                 GroupOutcome::Refused(e) => {
                     let e = e.replace('\n', "; ");
                     error!(error = %e, "reload refused; the last good configuration stays in force")
@@ -304,10 +321,16 @@ pub struct ClientReloader {
 
 impl ClientReloader {
     /// Loads the client config once; fails if it does not build.
-    pub fn load(cert: &Path, key: &Path, ca: &Path, opts: ClientTlsOptions) -> Result<Arc<Self>, String> {
+    pub fn load(
+        cert: &Path,
+        key: &Path,
+        ca: &Path,
+        opts: ClientTlsOptions,
+    ) -> Result<Arc<Self>, String> {
         let mut group = FileGroup::new(vec![cert.to_owned(), key.to_owned(), ca.to_owned()]);
         let build = |c: &[Vec<u8>]| -> Result<Arc<rustls::ClientConfig>, String> {
-            let identity = CertifiedKeyFiles::from_pem(cert, &c[0], key, &c[1]).map_err(|e| e.to_string())?;
+            let identity =
+                CertifiedKeyFiles::from_pem(cert, &c[0], key, &c[1]).map_err(|e| e.to_string())?;
             let anchors = TrustAnchors::from_pem(ca, &c[2]).map_err(|e| e.to_string())?;
             tls::client_config(&identity, &anchors, opts).map_err(|e| e.to_string())
         };
@@ -343,11 +366,12 @@ impl ClientReloader {
     pub fn reload(&self) -> GroupOutcome {
         let mut group = self.group.lock().unwrap_or_else(|p| p.into_inner());
         let outcome = group.reload(|c| {
-            let identity =
-                CertifiedKeyFiles::from_pem(&self.cert, &c[0], &self.key, &c[1]).map_err(|e| e.to_string())?;
+            let identity = CertifiedKeyFiles::from_pem(&self.cert, &c[0], &self.key, &c[1])
+                .map_err(|e| e.to_string())?;
             let anchors = TrustAnchors::from_pem(&self.ca, &c[2]).map_err(|e| e.to_string())?;
-            self.config
-                .store(tls::client_config(&identity, &anchors, self.opts).map_err(|e| e.to_string())?);
+            self.config.store(
+                tls::client_config(&identity, &anchors, self.opts).map_err(|e| e.to_string())?,
+            );
             Ok(())
         });
         drop(group);
@@ -356,7 +380,9 @@ impl ClientReloader {
                 let files: Vec<_> = files.iter().map(|f| f.display().to_string()).collect();
                 info!(changed = %files.join(", "), "client TLS configuration reloaded");
             }
-            GroupOutcome::Refused(e) => error!(error = %e, "client TLS reload refused; keeping the last good configuration"),
+            GroupOutcome::Refused(e) => {
+                error!(error = %e, "client TLS reload refused; keeping the last good configuration")
+            }
             GroupOutcome::Unchanged => {}
         }
         if outcome != GroupOutcome::Unchanged {
@@ -468,24 +494,31 @@ where
             let reload = reload.clone();
             // Keep the caller's subscriber for the reload's log lines.
             let dispatch = tracing::dispatcher::get_default(|d| d.clone());
-            let _ = tokio::task::spawn_blocking(move || tracing::dispatcher::with_default(&dispatch, || reload())).await;
+            let _ = tokio::task::spawn_blocking(move || {
+                tracing::dispatcher::with_default(&dispatch, || reload())
+            })
+            .await;
         }
     }
 }
 
-fn spawn_fs_watcher(paths: &[PathBuf], tx: mpsc::Sender<&'static str>) -> Option<notify::RecommendedWatcher> {
+fn spawn_fs_watcher(
+    paths: &[PathBuf],
+    tx: mpsc::Sender<&'static str>,
+) -> Option<notify::RecommendedWatcher> {
     use notify::{RecursiveMode, Watcher};
-    let mut watcher = match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
-            let _ = tx.try_send("file event");
-        }
-    }) {
-        Ok(w) => w,
-        Err(e) => {
-            warn!(error = %e, "file events unavailable; relying on polling");
-            return None;
-        }
-    };
+    let mut watcher =
+        match notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
+            if event.is_ok() {
+                let _ = tx.try_send("file event");
+            }
+        }) {
+            Ok(w) => w,
+            Err(e) => {
+                warn!(error = %e, "file events unavailable; relying on polling");
+                return None;
+            }
+        };
     // Watch directories, not files: rotation usually replaces a file by
     // renaming a new one over it, which ends a watch on the old inode.
     let dirs: BTreeSet<PathBuf> = paths

@@ -117,7 +117,12 @@ impl CertifiedKeyFiles {
     }
 
     /// Parses PEM contents already read from `cert_path` and `key_path`.
-    pub fn from_pem(cert_path: &Path, cert_pem: &[u8], key_path: &Path, key_pem: &[u8]) -> Result<Self, TlsError> {
+    pub fn from_pem(
+        cert_path: &Path,
+        cert_pem: &[u8],
+        key_path: &Path,
+        key_pem: &[u8],
+    ) -> Result<Self, TlsError> {
         Ok(Self {
             chain: parse_certs(cert_pem, cert_path, "certificate")?,
             key: parse_key(key_pem, key_path)?,
@@ -243,7 +248,8 @@ fn check_complete(bytes: &[u8], path: &Path) -> Result<(), TlsError> {
     if text.matches("-----BEGIN ").count() != text.matches("-----END ").count() {
         return Err(TlsError::Pem {
             path: path.to_owned(),
-            reason: "a PEM block has no END line (file truncated or still being written?)".to_owned(),
+            reason: "a PEM block has no END line (file truncated or still being written?)"
+                .to_owned(),
         });
     }
     Ok(())
@@ -255,7 +261,10 @@ pub fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static
 }
 
 /// Parses every CRL of PEM `bytes` read from `path`.
-pub fn parse_crls(bytes: &[u8], path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
+pub fn parse_crls(
+    bytes: &[u8],
+    path: &Path,
+) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
     check_complete(bytes, path)?;
     let crls = CertificateRevocationListDer::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
@@ -350,13 +359,16 @@ pub fn server_config(
     }
     // Each file on its own first, so that a bad CRL is reported by name.
     for list in crls {
-        WebPkiClientVerifier::builder_with_provider(Arc::new(client_ca.root_store()?), provider.clone())
-            .with_crls(list.crls.iter().cloned())
-            .build()
-            .map_err(|source| TlsError::Crl {
-                path: list.path.clone(),
-                source,
-            })?;
+        WebPkiClientVerifier::builder_with_provider(
+            Arc::new(client_ca.root_store()?),
+            provider.clone(),
+        )
+        .with_crls(list.crls.iter().cloned())
+        .build()
+        .map_err(|source| TlsError::Crl {
+            path: list.path.clone(),
+            source,
+        })?;
         builder = builder.with_crls(list.crls.iter().cloned());
     }
     let verifier = builder.build().map_err(|source| TlsError::Verifier {

@@ -3,6 +3,8 @@
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_server");
 const CLIENT: &str = env!("CARGO_BIN_EXE_client");
@@ -31,6 +33,15 @@ fn project_dir() -> tempfile::TempDir {
 /// Starts the server in `dir` on an ephemeral port; returns it and the
 /// address it reported once listening.
 fn start_server(dir: &Path, extra: &[&str]) -> (Child, String, Vec<String>) {
+    let (child, addr, seen, _) = start_server_logs(dir, extra);
+    (child, addr, seen)
+}
+
+/// As [`start_server`], also returning the server's later log lines.
+fn start_server_logs(
+    dir: &Path,
+    extra: &[&str],
+) -> (Child, String, Vec<String>, mpsc::Receiver<String>) {
     let mut child = Command::new(SERVER)
         .current_dir(dir)
         .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
@@ -49,8 +60,13 @@ fn start_server(dir: &Path, extra: &[&str]) -> (Child, String, Vec<String>) {
         if event["message"] == "listening (mutual TLS)" {
             let addr = event["addr"].as_str().unwrap().to_owned();
             // Keep draining stderr so the server never blocks on a full pipe.
-            std::thread::spawn(move || for _ in lines {});
-            return (child, addr, seen);
+            let (tx, rx) = mpsc::channel();
+            std::thread::spawn(move || {
+                for line in lines.map_while(Result::ok) {
+                    let _ = tx.send(line);
+                }
+            });
+            return (child, addr, seen, rx);
         }
     }
     let status = child.wait().unwrap();
@@ -244,6 +260,87 @@ fn client_failures_are_clear() {
         .args(["client", "auditor"]));
     assert!(issued.status.success(), "{}", stderr(&issued));
     let health = client(dir.path(), &addr, &["--identity", "auditor", "health"]);
+    assert!(health.status.success(), "{}", stderr(&health));
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+/// Waits for a log line whose message is `message`.
+fn wait_for_log(lines: &mpsc::Receiver<String>, message: &str) -> serde_json::Value {
+    loop {
+        let line = lines
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("no {message:?} log line"));
+        let event: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+        if event["message"] == message {
+            return event;
+        }
+    }
+}
+
+#[test]
+fn certs_revoke_and_sighup_cut_a_client_off() {
+    let dir = project_dir();
+    let out = run(Command::new(CERTS).current_dir(dir.path()).arg("init"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    // File watching and polling off: only SIGHUP can reload.
+    let (mut server, addr, _, lines) = start_server_logs(
+        dir.path(),
+        &[
+            "--crl",
+            "certs/crl.pem",
+            "--watch-files",
+            "false",
+            "--poll-interval-secs",
+            "0",
+        ],
+    );
+    let before = client(dir.path(), &addr, &["--identity", "reader", "health"]);
+    assert!(before.status.success(), "{}", stderr(&before));
+
+    let revoke = run(Command::new(CERTS)
+        .current_dir(dir.path())
+        .args(["revoke", "reader"]));
+    assert!(revoke.status.success(), "{}", stderr(&revoke));
+    assert_eq!(
+        String::from_utf8_lossy(&revoke.stdout).trim(),
+        "wrote certs/crl.pem"
+    );
+
+    let hup = Command::new("kill")
+        .args(["-HUP", &server.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let reloaded = wait_for_log(&lines, "configuration reloaded");
+    assert_eq!(reloaded["changed"], "certs/crl.pem");
+
+    let after = client(dir.path(), &addr, &["--identity", "reader", "health"]);
+    assert_eq!(after.status.code(), Some(1));
+    assert!(
+        !stderr(&after).contains("PERMISSION_DENIED"),
+        "{}",
+        stderr(&after)
+    );
+    let other = client(dir.path(), &addr, &["--identity", "writer", "health"]);
+    assert!(other.status.success(), "{}", stderr(&other));
+
+    // With file watching on (the default), a rotated server certificate is
+    // picked up without a signal.
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let (mut server, addr, _, lines) = start_server_logs(dir.path(), &["--crl", "certs/crl.pem"]);
+    let reissue = run(Command::new(CERTS).current_dir(dir.path()).args(["server"]));
+    assert!(reissue.status.success(), "{}", stderr(&reissue));
+    let reloaded = wait_for_log(&lines, "configuration reloaded");
+    assert!(
+        reloaded["changed"]
+            .as_str()
+            .unwrap()
+            .contains("certs/server.pem"),
+        "{reloaded}"
+    );
+    let health = client(dir.path(), &addr, &["--identity", "writer", "health"]);
     assert!(health.status.success(), "{}", stderr(&health));
     server.kill().unwrap();
     server.wait().unwrap();

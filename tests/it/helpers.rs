@@ -70,13 +70,19 @@ pub async fn spawn_server_with(pki: &TestPki, policy_json: &str, limits: Limits)
     spawn_server_opts(pki, policy_json, limits, false).await
 }
 
-pub async fn spawn_server_opts(pki: &TestPki, policy_json: &str, limits: Limits, dry_run: bool) -> TestServer {
+pub async fn spawn_server_opts(
+    pki: &TestPki,
+    policy_json: &str,
+    limits: Limits,
+    dry_run: bool,
+) -> TestServer {
     let identity = CertifiedKeyFiles::in_memory(
         vec![pki.server.cert_der.clone()],
         pki.server.key_der(),
         "server",
     );
-    let tls = tls::server_config(&identity, &pki.anchors(), &[], ServerTlsOptions::default()).unwrap();
+    let tls =
+        tls::server_config(&identity, &pki.anchors(), &[], ServerTlsOptions::default()).unwrap();
     let policy: SharedPolicy = Arc::new(ArcSwap::from_pointee(
         Policy::from_json(policy_json).unwrap(),
     ));
@@ -268,8 +274,13 @@ pub async fn spawn_file_server(
 }
 
 /// The certificate a new TLS handshake with the server presents.
-pub async fn presented_cert(addr: SocketAddr, client: &IssuedCert, anchors: &TrustAnchors) -> Vec<u8> {
-    let identity = CertifiedKeyFiles::in_memory(vec![client.cert_der.clone()], client.key_der(), "client");
+pub async fn presented_cert(
+    addr: SocketAddr,
+    client: &IssuedCert,
+    anchors: &TrustAnchors,
+) -> Vec<u8> {
+    let identity =
+        CertifiedKeyFiles::in_memory(vec![client.cert_der.clone()], client.key_der(), "client");
     let config = tls::client_config(&identity, anchors, ClientTlsOptions::default()).unwrap();
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let stream = tokio_rustls::TlsConnector::from(config)

@@ -6,6 +6,7 @@ mod helpers;
 
 mod authorization;
 mod binaries;
+mod decisions;
 mod health_reflection;
 mod reload;
 mod revocation;

@@ -20,15 +20,24 @@ use crate::helpers::{spawn_file_server, TestPki, POLICY};
 
 /// Connects with `config` and reads until the server speaks (its HTTP/2
 /// settings) or refuses. Returns how the handshake went.
-async fn handshake(addr: std::net::SocketAddr, config: Arc<rustls::ClientConfig>) -> Result<HandshakeKind, String> {
+async fn handshake(
+    addr: std::net::SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<HandshakeKind, String> {
     let tcp = TcpStream::connect(addr).await.unwrap();
     let mut stream = TlsConnector::from(config)
         .connect(tls::server_name("localhost").unwrap(), tcp)
         .await
         .map_err(|e| e.to_string())?;
-    stream.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n").await.unwrap();
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
     let mut buf = [0u8; 9];
-    stream.read_exact(&mut buf).await.map_err(|e| e.to_string())?;
+    stream
+        .read_exact(&mut buf)
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(stream.get_ref().1.handshake_kind().unwrap())
 }
 
@@ -46,25 +55,53 @@ async fn revoked_certificates_are_refused_new_resumed_and_existing_connections()
 
     // One client config, reused, with rustls' default client session cache:
     // it would resume if the server let it.
-    let identity = CertifiedKeyFiles::in_memory(vec![victim.cert_der.clone()], victim.key_der(), "victim");
-    let victim_config = tls::client_config(&identity, &pki.anchors(), ClientTlsOptions::default()).unwrap();
-    assert_eq!(handshake(fs.server.addr, victim_config.clone()).await, Ok(HandshakeKind::Full));
+    let identity =
+        CertifiedKeyFiles::in_memory(vec![victim.cert_der.clone()], victim.key_der(), "victim");
+    let victim_config =
+        tls::client_config(&identity, &pki.anchors(), ClientTlsOptions::default()).unwrap();
+    assert_eq!(
+        handshake(fs.server.addr, victim_config.clone()).await,
+        Ok(HandshakeKind::Full)
+    );
     // The server issues no tickets and keeps no session cache, so the second
     // connection is a full handshake too: nothing to resume.
-    assert_eq!(handshake(fs.server.addr, victim_config.clone()).await, Ok(HandshakeKind::Full));
+    assert_eq!(
+        handshake(fs.server.addr, victim_config.clone()).await,
+        Ok(HandshakeKind::Full)
+    );
 
     let mut open = InventoryClient::new(fs.server.connect(&victim).await.unwrap());
-    assert_eq!(open.get_item(GetItemRequest { sku: "x".into() }).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        open.get_item(GetItemRequest { sku: "x".into() })
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
 
     // Revoke, as `certs revoke` does: a new CRL from the CA.
-    let serial = x509_parser::parse_x509_certificate(&victim.cert_der).unwrap().1.raw_serial().to_vec();
+    let serial = x509_parser::parse_x509_certificate(&victim.cert_der)
+        .unwrap()
+        .1
+        .raw_serial()
+        .to_vec();
     let crl = pki
         .ca
-        .crl(&[Revoked { serial, at: OffsetDateTime::now_utc() }], 2, 1)
+        .crl(
+            &[Revoked {
+                serial,
+                at: OffsetDateTime::now_utc(),
+            }],
+            2,
+            1,
+        )
         .unwrap();
     fs.replace(&fs.paths().crl, crl.pem.as_bytes());
     fs.reloader.reload();
-    assert_eq!(fs.reloader.in_force(&fs.paths().crl).unwrap(), crl.pem.as_bytes());
+    assert_eq!(
+        fs.reloader.in_force(&fs.paths().crl).unwrap(),
+        crl.pem.as_bytes()
+    );
     let revoked_at = Instant::now();
 
     // New connection, and the same client config that held a session.
@@ -72,13 +109,26 @@ async fn revoked_certificates_are_refused_new_resumed_and_existing_connections()
     assert!(refused.contains("CertificateRevoked"), "{refused}");
     let err = match fs.server.connect(&victim).await {
         Err(e) => e.to_string(),
-        Ok(ch) => format!("{:?}", InventoryClient::new(ch).get_item(GetItemRequest::default()).await.unwrap_err()),
+        Ok(ch) => format!(
+            "{:?}",
+            InventoryClient::new(ch)
+                .get_item(GetItemRequest::default())
+                .await
+                .unwrap_err()
+        ),
     };
     assert!(!err.contains("PermissionDenied"), "{err}");
 
     // Others are unaffected.
     let mut other = InventoryClient::new(fs.server.connect(&bystander).await.unwrap());
-    assert_eq!(other.get_item(GetItemRequest { sku: "x".into() }).await.unwrap_err().code(), Code::NotFound);
+    assert_eq!(
+        other
+            .get_item(GetItemRequest { sku: "x".into() })
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
 
     // The connection opened before the revocation is closed at its max age
     // (plus grace); after that the victim's calls fail for good.
@@ -90,12 +140,26 @@ async fn revoked_certificates_are_refused_new_resumed_and_existing_connections()
             Err(s) => break (s, revoked_at.elapsed()),
             Ok(_) => unreachable!(),
         }
-        assert!(revoked_at.elapsed() < Duration::from_secs(15), "the revoked client kept its connection");
+        assert!(
+            revoked_at.elapsed() < Duration::from_secs(15),
+            "the revoked client kept its connection"
+        );
     };
-    assert!(cut_off.1 <= Duration::from_secs(5), "cut off after {:?} (max age 1 s + grace 1 s)", cut_off.1);
+    assert!(
+        cut_off.1 <= Duration::from_secs(5),
+        "cut off after {:?} (max age 1 s + grace 1 s)",
+        cut_off.1
+    );
     assert_ne!(cut_off.0.code(), Code::PermissionDenied);
     for _ in 0..3 {
-        let status = open.get_item(GetItemRequest { sku: "x".into() }).await.unwrap_err();
-        assert_ne!(status.code(), Code::NotFound, "the revoked client got through again: {status:?}");
+        let status = open
+            .get_item(GetItemRequest { sku: "x".into() })
+            .await
+            .unwrap_err();
+        assert_ne!(
+            status.code(),
+            Code::NotFound,
+            "the revoked client got through again: {status:?}"
+        );
     }
 }

@@ -54,8 +54,16 @@ async fn worker(
                 let sku = format!("{}-{}", cert.cert_der.len(), n % 7);
                 counts.sent.fetch_add(1, Ordering::SeqCst);
                 let outcome = if n % 2 == 0 {
-                    let item = Item { sku, name: "n".into(), quantity: n as i64, ..Default::default() };
-                    client.put_item(PutItemRequest { item: Some(item) }).await.map(|_| ())
+                    let item = Item {
+                        sku,
+                        name: "n".into(),
+                        quantity: n as i64,
+                        ..Default::default()
+                    };
+                    client
+                        .put_item(PutItemRequest { item: Some(item) })
+                        .await
+                        .map(|_| ())
                 } else {
                     match client.get_item(GetItemRequest { sku }).await {
                         Err(s) if s.code() == Code::NotFound => Ok(()),
@@ -83,18 +91,26 @@ async fn worker(
 /// Lets traffic run until `rpcs` more RPCs have been made.
 async fn let_traffic_run(progress: &mut watch::Receiver<u64>, rpcs: u64) {
     let start = *progress.borrow_and_update();
-    tokio::time::timeout(Duration::from_secs(60), progress.wait_for(|&p| p >= start + rpcs))
-        .await
-        .expect("traffic stalled")
-        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(60),
+        progress.wait_for(|&p| p >= start + rpcs),
+    )
+    .await
+    .expect("traffic stalled")
+    .unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rotating_everything_under_traffic_fails_no_rpc_it_should_not() {
     let pki = TestPki::new();
     let ca_two = CertificateAuthority::new("second test CA", 1).unwrap();
-    let settings = WatchSettings { file_events: true, poll_interval: Some(Duration::from_millis(200)), sighup: false };
-    let fs = Arc::new(spawn_file_server(&pki, &policy("v0"), Limits::default(), Some(settings)).await);
+    let settings = WatchSettings {
+        file_events: true,
+        poll_interval: Some(Duration::from_millis(200)),
+        sighup: false,
+    };
+    let fs =
+        Arc::new(spawn_file_server(&pki, &policy("v0"), Limits::default(), Some(settings)).await);
     let paths = fs.paths();
 
     let counts = Arc::new(Counts::default());
@@ -116,18 +132,29 @@ async fn rotating_everything_under_traffic_fails_no_rpc_it_should_not() {
         ))
     };
     for i in 0..3 {
-        workers.push(spawn(pki.client(&format!("worker-{i}")), ca_one_removed.clone()));
+        workers.push(spawn(
+            pki.client(&format!("worker-{i}")),
+            ca_one_removed.clone(),
+        ));
     }
     let_traffic_run(&mut progress, 100).await;
 
     // 1. Rotate the server certificate three times.
     let observer = pki.client("worker-observer");
     for round in 0..3 {
-        let next = pki.ca.issue(&LeafSpec::server(&format!("server-{round}"), &["localhost"])).unwrap();
+        let next = pki
+            .ca
+            .issue(&LeafSpec::server(
+                &format!("server-{round}"),
+                &["localhost"],
+            ))
+            .unwrap();
         fs.replace(&paths.key, next.key_pem().as_bytes());
         fs.replace(&paths.cert, next.cert_pem.as_bytes());
-        fs.wait_in_force(&paths.cert, next.cert_pem.as_bytes()).await;
-        fs.wait_in_force(&paths.key, next.key_pem().as_bytes()).await;
+        fs.wait_in_force(&paths.cert, next.cert_pem.as_bytes())
+            .await;
+        fs.wait_in_force(&paths.key, next.key_pem().as_bytes())
+            .await;
         assert_eq!(
             presented_cert(fs.server.addr, &observer, &pki.anchors()).await,
             next.cert_der.to_vec(),
@@ -141,7 +168,9 @@ async fn rotating_everything_under_traffic_fails_no_rpc_it_should_not() {
     fs.replace(&paths.client_ca, bundle.as_bytes());
     fs.wait_in_force(&paths.client_ca, bundle.as_bytes()).await;
     for i in 3..5 {
-        let cert = ca_two.issue(&LeafSpec::dev_client(&format!("worker-{i}"))).unwrap();
+        let cert = ca_two
+            .issue(&LeafSpec::dev_client(&format!("worker-{i}")))
+            .unwrap();
         workers.push(spawn(cert, never.clone()));
     }
     let_traffic_run(&mut progress, 200).await;
@@ -159,7 +188,8 @@ async fn rotating_everything_under_traffic_fails_no_rpc_it_should_not() {
     // next handshake on; the second CA's clients must not notice.
     ca_one_removed.store(true, Ordering::SeqCst);
     fs.replace(&paths.client_ca, ca_two.cert_pem().as_bytes());
-    fs.wait_in_force(&paths.client_ca, ca_two.cert_pem().as_bytes()).await;
+    fs.wait_in_force(&paths.client_ca, ca_two.cert_pem().as_bytes())
+        .await;
     let_traffic_run(&mut progress, 300).await;
 
     stop.store(true, Ordering::SeqCst);
@@ -171,6 +201,9 @@ async fn rotating_everything_under_traffic_fails_no_rpc_it_should_not() {
     let intended = counts.failed_as_intended.load(Ordering::SeqCst);
     println!("rotation test: {sent} RPCs sent, {unexpected} failed unexpectedly, {intended} refused as intended");
     assert_eq!(unexpected, 0, "failures: {:#?}", failures.lock().unwrap());
-    assert_eq!(intended, 3, "each first-CA client is refused once its CA is gone");
+    assert_eq!(
+        intended, 3,
+        "each first-CA client is refused once its CA is gone"
+    );
     assert!(sent >= 1000, "{sent}");
 }
