@@ -146,7 +146,12 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     match call(channel, args.command, timeout).await {
         Ok(code) => Ok(code),
         Err(status) => {
-            eprintln!("error: {}: {}", code_name(status.code()), status.message());
+            // A transport failure (say, the server refusing our certificate)
+            // carries its cause; show it rather than a bare "transport error".
+            let cause = std::error::Error::source(&status)
+                .map(|e| format!(" ({})", client::describe_error(e)))
+                .unwrap_or_default();
+            eprintln!("error: {}: {}{cause}", code_name(status.code()), status.message());
             Ok(ExitCode::FAILURE)
         }
     }
