@@ -109,10 +109,15 @@ pub async fn run(
         .set_serving::<InventoryServer<InventoryService>>()
         .await;
 
-    let reflection = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
+    // Reflection v1, plus v1alpha for the many tools that still only speak
+    // it (Python's grpcio-reflection, older grpcurl and GUI clients).
+    let reflection = || {
+        tonic_reflection::server::Builder::configure()
+            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+    };
+    let reflection_v1 = reflection().build_v1()?;
+    let reflection_v1alpha = reflection().build_v1alpha()?;
 
     // TEMPLATE: register your own services here. The authorization layer
     // below covers every service added to this router.
@@ -131,7 +136,8 @@ pub async fn run(
         .layer(AuthzLayer::new(parts.policy.clone()).dry_run(parts.dry_run))
         .add_service(inventory)
         .add_service(health_service)
-        .add_service(reflection);
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha);
 
     let (incoming, accept_task) = accept_loop(
         listener,

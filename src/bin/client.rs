@@ -70,6 +70,11 @@ struct Args {
     #[arg(long, env = "CLIENT_TIMEOUT_SECS", default_value_t = 10, global = true)]
     timeout_secs: u64,
 
+    /// The gRPC status the call must end with, e.g. PERMISSION_DENIED: exit 0
+    /// only if it does (for scripted checks). Default OK.
+    #[arg(long, env = "CLIENT_EXPECT", default_value = "OK", global = true, value_parser = parse_code)]
+    expect: tonic::Code,
+
     /// Log format (logs go to stderr).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Human, global = true)]
     log_format: LogFormat,
@@ -143,8 +148,17 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     let channel = client::connect(&settings, Arc::new(ArcSwap::new(config))).await?;
     let timeout = Duration::from_secs(args.timeout_secs);
 
+    let expect = args.expect;
     match call(channel, args.command, timeout).await {
-        Ok(code) => Ok(code),
+        Ok(code) if expect == tonic::Code::Ok => Ok(code),
+        Ok(_) => {
+            eprintln!("error: the call succeeded, but {} was expected", code_name(expect));
+            Ok(ExitCode::FAILURE)
+        }
+        Err(status) if status.code() == expect && expect != tonic::Code::Ok => {
+            println!("{} (as expected): {}", code_name(status.code()), status.message());
+            Ok(ExitCode::SUCCESS)
+        }
         Err(status) => {
             // A transport failure (say, the server refusing our certificate)
             // carries its cause; show it rather than a bare "transport error".
@@ -155,6 +169,14 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::FAILURE)
         }
     }
+}
+
+/// Parses a canonical status name (`PERMISSION_DENIED`, case-insensitive).
+fn parse_code(name: &str) -> Result<tonic::Code, String> {
+    (0..=16)
+        .map(tonic::Code::from)
+        .find(|c| code_name(*c).eq_ignore_ascii_case(name))
+        .ok_or_else(|| format!("{name:?} is not a gRPC status code name (OK, NOT_FOUND, PERMISSION_DENIED, ...)"))
 }
 
 fn request<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
