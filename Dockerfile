@@ -1,0 +1,48 @@
+# Multi-stage build of the server, client and certs binaries.
+#
+# Both base images are build arguments, so air-gapped builders can point them
+# at local images (scripts/compose-e2e.sh builds both from Debian packages
+# when they cannot be pulled). No "syntax" line and no registry access beyond
+# the base images: this builds with the legacy builder and with BuildKit.
+ARG RUST_IMAGE=rust:1-bookworm
+ARG RUNTIME_IMAGE=debian:bookworm-slim
+
+FROM ${RUST_IMAGE} AS builder
+WORKDIR /src
+
+# 1. Dependencies only, against stub sources: this layer is rebuilt only
+#    when Cargo.toml, Cargo.lock, build.rs or the protos change, so editing
+#    a source file does not rebuild every crate.
+COPY Cargo.toml Cargo.lock build.rs ./
+COPY proto ./proto
+RUN mkdir -p src/bin \
+ && echo 'pub mod proto { tonic::include_proto!("inventory.v1"); }' > src/lib.rs \
+ && for b in server client certs; do echo 'fn main() {}' > "src/bin/$b.rs"; done \
+ && cargo build --release --locked --bins \
+ && rm -rf src
+
+# 2. The real sources. Touch them so cargo sees them as newer than the stubs
+#    (COPY keeps the build context's modification times).
+COPY src ./src
+RUN find src -type f -exec touch {} + \
+ && cargo build --release --locked --bins \
+ && mkdir -p /out \
+ && cp target/release/server target/release/client target/release/certs /out/
+
+FROM ${RUNTIME_IMAGE}
+# A fixed non-root user. Compose's PKI volume is created owned by it (see
+# docker-compose.yml), so the 0600 keys it writes stay readable by the server.
+RUN groupadd --system --gid 10001 app \
+ && useradd --system --uid 10001 --gid app --home-dir /app --no-create-home app \
+ && mkdir -p /app/certs /app/config \
+ && chown app:app /app/certs
+COPY --from=builder /out/ /usr/local/bin/
+# The example policy is configuration, not a secret. Keys and certificates are
+# never part of the image: they come from a volume at run time.
+COPY config/policy.json /app/config/policy.json
+USER app
+WORKDIR /app
+ENV SERVER_LISTEN=0.0.0.0:50051 \
+    LOG_FORMAT=json
+EXPOSE 50051
+ENTRYPOINT ["server"]
