@@ -224,20 +224,29 @@ pub fn parse_certs(
     path: &Path,
     what: &'static str,
 ) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    parse_all(bytes, path, what)
+}
+
+/// Every PEM item of type `T` in `bytes`; at least one.
+fn parse_all<T: PemObject>(
+    bytes: &[u8],
+    path: &Path,
+    what: &'static str,
+) -> Result<Vec<T>, TlsError> {
     check_complete(bytes, path)?;
-    let certs = CertificateDer::pem_slice_iter(bytes)
+    let items = T::pem_slice_iter(bytes)
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| TlsError::Pem {
             path: path.to_owned(),
             reason: e.to_string(),
         })?;
-    if certs.is_empty() {
+    if items.is_empty() {
         return Err(TlsError::Empty {
             path: path.to_owned(),
             what,
         });
     }
-    Ok(certs)
+    Ok(items)
 }
 
 /// A file caught half-written ends inside a PEM block. Say so plainly
@@ -265,20 +274,7 @@ pub fn parse_crls(
     bytes: &[u8],
     path: &Path,
 ) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
-    check_complete(bytes, path)?;
-    let crls = CertificateRevocationListDer::pem_slice_iter(bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Pem {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })?;
-    if crls.is_empty() {
-        return Err(TlsError::Empty {
-            path: path.to_owned(),
-            what: "certificate revocation list",
-        });
-    }
-    Ok(crls)
+    parse_all(bytes, path, "certificate revocation list")
 }
 
 /// Reads the first private key of a PEM file.

@@ -29,14 +29,8 @@ enum Command {
     /// Create a new CA, server certificate and a client certificate for
     /// every development identity (reader, writer, admin, outsider).
     Init {
-        /// Extra DNS names or IPs for the server certificate (for example a
-        /// compose service name). Repeatable or comma-separated.
-        #[arg(
-            long = "server-name",
-            env = "CERTS_SERVER_NAMES",
-            value_delimiter = ','
-        )]
-        server_names: Vec<String>,
+        #[command(flatten)]
+        server: ServerNames,
         /// Replace an existing PKI.
         #[arg(long)]
         force: bool,
@@ -47,12 +41,8 @@ enum Command {
     },
     /// Issue (or re-issue) the server certificate from the existing CA.
     Server {
-        #[arg(
-            long = "server-name",
-            env = "CERTS_SERVER_NAMES",
-            value_delimiter = ','
-        )]
-        server_names: Vec<String>,
+        #[command(flatten)]
+        server: ServerNames,
     },
     /// Issue (or re-issue) a client certificate from the existing CA, with
     /// SPIFFE ID spiffe://example.org/NAME and CN=NAME.
@@ -66,6 +56,19 @@ enum Command {
         #[arg(long)]
         cert: Option<PathBuf>,
     },
+}
+
+#[derive(clap::Args, Debug)]
+struct ServerNames {
+    /// Extra DNS names or IPs for the server certificate (for example a
+    /// compose service name), besides localhost, 127.0.0.1 and ::1.
+    /// Repeatable or comma-separated.
+    #[arg(
+        long = "server-name",
+        env = "CERTS_SERVER_NAMES",
+        value_delimiter = ','
+    )]
+    server_names: Vec<String>,
 }
 
 fn main() -> ExitCode {
@@ -92,7 +95,7 @@ fn run(args: Args) -> anyhow::Result<Vec<PathBuf>> {
     };
     match args.command {
         Command::Init {
-            server_names,
+            server,
             force,
             if_missing,
         } => {
@@ -110,14 +113,14 @@ fn run(args: Args) -> anyhow::Result<Vec<PathBuf>> {
                 );
             }
             let opts = DevPkiOptions {
-                extra_server_names: server_names,
+                extra_server_names: server.server_names,
                 leaf_days: args.days,
                 ..DevPkiOptions::default()
             };
             Ok(pki::write_dev_pki(&paths, &opts)?)
         }
-        Command::Server { server_names } => {
-            Ok(pki::issue_server(&load_ca()?, &paths, &server_names, args.days)?.to_vec())
+        Command::Server { server } => {
+            Ok(pki::issue_server(&load_ca()?, &paths, &server.server_names, args.days)?.to_vec())
         }
         Command::Revoke { name, cert } => {
             let cert = cert.unwrap_or_else(|| paths.cert(&name));

@@ -152,11 +152,18 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
     match call(channel, args.command, timeout).await {
         Ok(code) if expect == tonic::Code::Ok => Ok(code),
         Ok(_) => {
-            eprintln!("error: the call succeeded, but {} was expected", code_name(expect));
+            eprintln!(
+                "error: the call succeeded, but {} was expected",
+                code_name(expect)
+            );
             Ok(ExitCode::FAILURE)
         }
         Err(status) if status.code() == expect && expect != tonic::Code::Ok => {
-            println!("{} (as expected): {}", code_name(status.code()), status.message());
+            println!(
+                "{} (as expected): {}",
+                code_name(status.code()),
+                status.message()
+            );
             Ok(ExitCode::SUCCESS)
         }
         Err(status) => {
@@ -165,7 +172,11 @@ async fn run(args: Args) -> anyhow::Result<ExitCode> {
             let cause = std::error::Error::source(&status)
                 .map(|e| format!(" ({})", client::describe_error(e)))
                 .unwrap_or_default();
-            eprintln!("error: {}: {}{cause}", code_name(status.code()), status.message());
+            eprintln!(
+                "error: {}: {}{cause}",
+                code_name(status.code()),
+                status.message()
+            );
             Ok(ExitCode::FAILURE)
         }
     }
@@ -176,7 +187,11 @@ fn parse_code(name: &str) -> Result<tonic::Code, String> {
     (0..=16)
         .map(tonic::Code::from)
         .find(|c| code_name(*c).eq_ignore_ascii_case(name))
-        .ok_or_else(|| format!("{name:?} is not a gRPC status code name (OK, NOT_FOUND, PERMISSION_DENIED, ...)"))
+        .ok_or_else(|| {
+            format!(
+                "{name:?} is not a gRPC status code name (OK, NOT_FOUND, PERMISSION_DENIED, ...)"
+            )
+        })
 }
 
 fn request<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
