@@ -150,6 +150,12 @@ cleanup() {
     wait "$dockerd_pid" 2>/dev/null || true
   fi
   rm -rf "$work"
+  # The runner's summary line comes last.
+  if [ $status -eq 0 ]; then
+    echo "compose-e2e: 1 passed, 0 failed"
+  else
+    echo "compose-e2e: 0 passed, 1 failed"
+  fi
   exit $status
 }
 trap cleanup EXIT
@@ -214,4 +220,3 @@ docker_cli logs "$server" 2>&1 | grep -q 'shutdown complete' || fail "server did
 
 finished=$(date +%s)
 log "timings: prepare $((prepared - started)) s, up --build $((up_done - prepared)) s, total $((finished - started)) s"
-echo "compose-e2e: 1 passed, 0 failed"

@@ -10,7 +10,8 @@
 //!
 //! The one shape that still walks many rules is adversarial: many rules that
 //! share the peer's principal pattern *and* many that share the path
-//! pattern, with none sharing both. `benches/` measures the usual shapes.
+//! pattern, with none sharing both. `benches/policy.rs` measures the usual
+//! shapes against a plain scan.
 
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
