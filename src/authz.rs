@@ -174,3 +174,128 @@ fn log_decision(
         (false, false) => event!(info,),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::convert::Infallible;
+    use std::sync::Mutex;
+    use std::time::Duration;
+
+    use rustls_pki_types::CertificateDer;
+    use tokio::net::{TcpListener, TcpStream};
+    use tokio_rustls::TlsConnector;
+    use tokio_stream::StreamExt;
+    use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
+    use tower::ServiceExt;
+
+    use super::*;
+    use crate::conn::{accept_loop, AcceptSettings};
+    use crate::pki::{CertificateAuthority, LeafSpec};
+    use crate::tls::{self, CertifiedKeyFiles, TrustAnchors};
+
+    /// The connect info of a real mTLS connection over loopback, exactly as
+    /// the accept loop hands it to tonic.
+    async fn peer_info(
+        ca: &CertificateAuthority,
+        client_name: &str,
+    ) -> (PeerInfo, CertificateDer<'static>) {
+        let server = ca.issue(&LeafSpec::server("s", &["localhost"])).unwrap();
+        let client = ca.issue(&LeafSpec::dev_client(client_name)).unwrap();
+        let anchors = TrustAnchors::in_memory(vec![ca.cert_der().clone()], "ca");
+        let server_identity =
+            CertifiedKeyFiles::in_memory(vec![server.cert_der.clone()], server.key_der(), "s");
+        let client_identity =
+            CertifiedKeyFiles::in_memory(vec![client.cert_der.clone()], client.key_der(), "c");
+        let server_config =
+            tls::server_config(&server_identity, &anchors, &[], Default::default()).unwrap();
+        let client_config =
+            tls::client_config(&client_identity, &anchors, Default::default()).unwrap();
+
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let settings = AcceptSettings {
+            handshake_timeout: Duration::from_secs(10),
+            max_pending_handshakes: 4,
+        };
+        let (incoming, task) =
+            accept_loop(listener, Arc::new(ArcSwap::new(server_config)), settings);
+        tokio::pin!(incoming);
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let _client = TlsConnector::from(client_config)
+            .connect(tls::server_name("localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+        let stream = incoming.next().await.unwrap().unwrap();
+        task.abort();
+        (stream.connect_info(), client.cert_der)
+    }
+
+    fn request(path: &str, peer: Option<&PeerInfo>) -> http::Request<()> {
+        let mut req = http::Request::builder().uri(path).body(()).unwrap();
+        if let Some(peer) = peer {
+            req.extensions_mut().insert(peer.clone());
+        }
+        req
+    }
+
+    fn grpc_status(resp: &HttpResponse) -> Option<&str> {
+        resp.headers()
+            .get("grpc-status")
+            .and_then(|v| v.to_str().ok())
+    }
+
+    #[tokio::test]
+    async fn the_layer_enforces_decisions_and_hands_on_the_peer_certificates() {
+        let ca = CertificateAuthority::new("ca", 1).unwrap();
+        let (peer, leaf) = peer_info(&ca, "reader").await;
+        assert_eq!(peer.identity.display_name(), "spiffe://example.org/reader");
+
+        let policy = Policy::from_json(
+            r#"{"name": "p", "allow_rules": [{"name": "r",
+                "source": {"principals": ["spiffe://example.org/reader"]}, "request": {"paths": ["/s.S/Get"]}}]}"#,
+        )
+        .unwrap();
+        let shared: SharedPolicy = Arc::new(ArcSwap::from_pointee(policy));
+        // What the inner service (a handler) saw: tonic's own TLS connect
+        // info, which is what `Request::peer_certs()` reads.
+        let seen: Arc<Mutex<Vec<Option<Vec<u8>>>>> = Arc::default();
+        let record = seen.clone();
+        let inner = tower::service_fn(move |req: http::Request<()>| {
+            let certs = req
+                .extensions()
+                .get::<TlsConnectInfo<TcpConnectInfo>>()
+                .and_then(|info| info.peer_certs());
+            record.lock().unwrap().push(certs.map(|c| c[0].to_vec()));
+            async { Ok::<_, Infallible>(http::Response::new(tonic::body::Body::empty())) }
+        });
+
+        let enforcing = AuthzLayer::new(shared.clone()).layer(inner.clone());
+        let allowed = enforcing
+            .clone()
+            .oneshot(request("/s.S/Get", Some(&peer)))
+            .await
+            .unwrap();
+        assert_eq!(grpc_status(&allowed), None, "the handler answered");
+        assert_eq!(seen.lock().unwrap().as_slice(), [Some(leaf.to_vec())]);
+
+        let denied = enforcing
+            .clone()
+            .oneshot(request("/s.S/Put", Some(&peer)))
+            .await
+            .unwrap();
+        assert_eq!(grpc_status(&denied), Some("7"), "PERMISSION_DENIED");
+        let anonymous = enforcing.oneshot(request("/s.S/Get", None)).await.unwrap();
+        assert_eq!(grpc_status(&anonymous), Some("16"), "UNAUTHENTICATED");
+        assert_eq!(
+            seen.lock().unwrap().len(),
+            1,
+            "a refused request reached the handler"
+        );
+
+        // Dry run: the same denial is let through.
+        let dry = AuthzLayer::new(shared).dry_run(true).layer(inner);
+        let through = dry.oneshot(request("/s.S/Put", Some(&peer))).await.unwrap();
+        assert_eq!(grpc_status(&through), None);
+        assert_eq!(seen.lock().unwrap().len(), 2);
+    }
+}

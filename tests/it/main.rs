@@ -8,6 +8,7 @@ mod authorization;
 mod binaries;
 mod decisions;
 mod health_reflection;
+mod limits;
 mod reload;
 mod revocation;
 mod rotation;
