@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
-    DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
+    DnType, DnValue, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyIdMethod, KeyPair, KeyUsagePurpose,
     RevocationReason, RevokedCertParams, SanType, SerialNumber,
 };
 use rustls_pki_types::pem::PemObject;
@@ -85,6 +85,8 @@ pub struct LeafSpec {
     usage: Usage,
     not_before: OffsetDateTime,
     not_after: OffsetDateTime,
+    /// Replaces the CN/O/OU subject when set (tests of subject rendering).
+    subject: Option<Vec<(DnType, DnValue)>>,
 }
 
 impl LeafSpec {
@@ -101,6 +103,7 @@ impl LeafSpec {
             // A few minutes of slack for clocks that disagree.
             not_before: now - Duration::minutes(5),
             not_after: now + Duration::days(DEFAULT_LEAF_DAYS),
+            subject: None,
         }
     }
 
@@ -160,6 +163,12 @@ impl LeafSpec {
     pub fn valid_between(mut self, not_before: OffsetDateTime, not_after: OffsetDateTime) -> Self {
         self.not_before = not_before;
         self.not_after = not_after;
+        self
+    }
+    /// Uses exactly these subject attributes, in this order, instead of the
+    /// common name and organization fields.
+    pub fn subject_attributes(mut self, attributes: Vec<(DnType, DnValue)>) -> Self {
+        self.subject = Some(attributes);
         self
     }
     /// Valid from a few minutes ago for `days` days.
@@ -303,6 +312,12 @@ impl CertificateAuthority {
             dn.push(DnType::OrganizationalUnitName, ou.as_str());
         }
         dn.push(DnType::CommonName, spec.common_name.as_str());
+        if let Some(attributes) = &spec.subject {
+            dn = DistinguishedName::new();
+            for (ty, value) in attributes {
+                dn.push(ty.clone(), value.clone());
+            }
+        }
         params.distinguished_name = dn;
         for uri in &spec.uris {
             params

@@ -9,6 +9,7 @@ mod binaries;
 mod decisions;
 mod health_reflection;
 mod limits;
+mod openssl_subjects;
 mod reload;
 mod revocation;
 mod rotation;
