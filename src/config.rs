@@ -276,3 +276,53 @@ pub fn load(args: &ServerArgs) -> Result<(ServerParts, Arc<ServerReloader>), Con
         loaded.reloader,
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::{CertificateAuthority, LeafSpec};
+
+    #[test]
+    fn the_dev_pki_is_made_when_absent_and_kept_when_present() {
+        let dir = tempfile::tempdir().unwrap();
+        let certs = dir.path().join("certs");
+        let files = ensure_dev_pki(&certs).unwrap();
+        assert!(files.cert.exists() && files.key.exists() && files.client_ca.exists());
+        let first = std::fs::read(&files.cert).unwrap();
+        ensure_dev_pki(&certs).unwrap();
+        assert_eq!(
+            std::fs::read(&files.cert).unwrap(),
+            first,
+            "a valid PKI was replaced"
+        );
+    }
+
+    #[test]
+    fn an_incomplete_dev_pki_is_an_error_naming_what_is_missing() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = ensure_dev_pki(dir.path()).unwrap();
+        std::fs::remove_file(&files.key).unwrap();
+        let e = ensure_dev_pki(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("incomplete") && e.contains("server.key") && e.contains("--force"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_expired_dev_server_certificate_is_regenerated() {
+        let dir = tempfile::tempdir().unwrap();
+        let files = ensure_dev_pki(dir.path()).unwrap();
+        let ca = CertificateAuthority::new("old", 1).unwrap();
+        let now = time::OffsetDateTime::now_utc();
+        let expired = ca
+            .issue(
+                &LeafSpec::server("old", &["localhost"])
+                    .valid_between(now - time::Duration::days(9), now - time::Duration::days(2)),
+            )
+            .unwrap();
+        std::fs::write(&files.cert, &expired.cert_pem).unwrap();
+        ensure_dev_pki(dir.path()).unwrap();
+        assert_eq!(server_cert_expired(&files.cert), Some(false));
+    }
+}
