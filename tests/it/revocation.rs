@@ -145,6 +145,10 @@ async fn revoked_certificates_are_refused_new_resumed_and_existing_connections()
             "the revoked client kept its connection"
         );
     };
+    println!(
+        "revoked client's open connection cut off {:?} after the revocation",
+        cut_off.1
+    );
     assert!(
         cut_off.1 <= Duration::from_secs(5),
         "cut off after {:?} (max age 1 s + grace 1 s)",
