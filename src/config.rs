@@ -26,6 +26,9 @@ pub const DEV_PKI_DIR: &str = "certs";
 /// The example policy shipped with the template.
 pub const DEFAULT_POLICY: &str = "config/policy.json";
 
+// TEMPLATE: add your service's own flags to ServerArgs (each with an `env`
+// so it can be set from the environment), and check them in `load`.
+
 /// gRPC server with mutual TLS and per-RPC authorization (gRFC A43 policies).
 ///
 /// With no --cert/--key/--client-ca, the development PKI in certs/ is used,
