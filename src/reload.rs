@@ -328,17 +328,14 @@ impl ClientReloader {
         opts: ClientTlsOptions,
     ) -> Result<Arc<Self>, String> {
         let mut group = FileGroup::new(vec![cert.to_owned(), key.to_owned(), ca.to_owned()]);
-        let build = |c: &[Vec<u8>]| -> Result<Arc<rustls::ClientConfig>, String> {
-            let identity =
-                CertifiedKeyFiles::from_pem(cert, &c[0], key, &c[1]).map_err(|e| e.to_string())?;
-            let anchors = TrustAnchors::from_pem(ca, &c[2]).map_err(|e| e.to_string())?;
-            tls::client_config(&identity, &anchors, opts).map_err(|e| e.to_string())
-        };
         let mut first = None;
-        if let GroupOutcome::Refused(e) = group.reload(|c| build(c).map(|cfg| first = Some(cfg))) {
-            return Err(e);
-        }
-        let config = first.ok_or_else(|| "client TLS files did not load".to_owned())?;
+        let outcome =
+            group.reload(|c| build_client(cert, key, ca, opts, c).map(|cfg| first = Some(cfg)));
+        let config = match (outcome, first) {
+            (_, Some(config)) => config,
+            (GroupOutcome::Refused(e), None) => return Err(e),
+            (_, None) => return Err("client TLS files did not load".to_owned()),
+        };
         Ok(Arc::new(Self {
             cert: cert.to_owned(),
             key: key.to_owned(),
@@ -366,12 +363,8 @@ impl ClientReloader {
     pub fn reload(&self) -> GroupOutcome {
         let mut group = self.group.lock().unwrap_or_else(|p| p.into_inner());
         let outcome = group.reload(|c| {
-            let identity = CertifiedKeyFiles::from_pem(&self.cert, &c[0], &self.key, &c[1])
-                .map_err(|e| e.to_string())?;
-            let anchors = TrustAnchors::from_pem(&self.ca, &c[2]).map_err(|e| e.to_string())?;
-            self.config.store(
-                tls::client_config(&identity, &anchors, self.opts).map_err(|e| e.to_string())?,
-            );
+            let config = build_client(&self.cert, &self.key, &self.ca, self.opts, c)?;
+            self.config.store(config);
             Ok(())
         });
         drop(group);
@@ -390,6 +383,21 @@ impl ClientReloader {
         }
         outcome
     }
+}
+
+/// Builds a client config from the contents of its certificate, key and CA
+/// files.
+fn build_client(
+    cert: &Path,
+    key: &Path,
+    ca: &Path,
+    opts: ClientTlsOptions,
+    contents: &[Vec<u8>],
+) -> Result<Arc<rustls::ClientConfig>, String> {
+    let identity = CertifiedKeyFiles::from_pem(cert, &contents[0], key, &contents[1])
+        .map_err(|e| e.to_string())?;
+    let anchors = TrustAnchors::from_pem(ca, &contents[2]).map_err(|e| e.to_string())?;
+    tls::client_config(&identity, &anchors, opts).map_err(|e| e.to_string())
 }
 
 /// How reloads are triggered.

@@ -147,6 +147,17 @@ impl CertifiedKeyFiles {
     }
 }
 
+impl CertifiedKeyFiles {
+    /// The error for a certificate and key rustls will not use together.
+    fn unusable(&self, source: rustls::Error) -> TlsError {
+        TlsError::CertKey {
+            cert: self.cert_path.clone(),
+            key: self.key_path.clone(),
+            source,
+        }
+    }
+}
+
 // Hand-written: the key must never reach a log line.
 impl fmt::Debug for CertifiedKeyFiles {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -375,11 +386,7 @@ pub fn server_config(
         .with_protocol_versions(opts.min_version.versions())?
         .with_client_cert_verifier(verifier)
         .with_single_cert(identity.chain.clone(), identity.key.clone_key())
-        .map_err(|source| TlsError::CertKey {
-            cert: identity.cert_path.clone(),
-            key: identity.key_path.clone(),
-            source,
-        })?;
+        .map_err(|source| identity.unusable(source))?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     config.session_storage = Arc::new(NoServerSessionStorage {});
     config.send_tls13_tickets = 0;
@@ -403,11 +410,7 @@ pub fn client_config(
         .with_protocol_versions(opts.min_version.versions())?
         .with_root_certificates(server_ca.root_store()?)
         .with_client_auth_cert(identity.chain.clone(), identity.key.clone_key())
-        .map_err(|source| TlsError::CertKey {
-            cert: identity.cert_path.clone(),
-            key: identity.key_path.clone(),
-            source,
-        })?;
+        .map_err(|source| identity.unusable(source))?;
     config.alpn_protocols = vec![ALPN_H2.to_vec()];
     Ok(Arc::new(config))
 }
