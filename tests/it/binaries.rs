@@ -73,6 +73,15 @@ fn start_server_logs(
     panic!("server exited ({status}) before listening: {seen:#?}");
 }
 
+/// Sends a signal with the shell's `kill` builtin (no extra package needed).
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("sh")
+        .args(["-c", &format!("kill -{name} {}", child.id())])
+        .status()
+        .unwrap();
+    assert!(status.success(), "kill -{name}");
+}
+
 fn client(dir: &Path, addr: &str, args: &[&str]) -> Output {
     run(Command::new(CLIENT)
         .current_dir(dir)
@@ -143,11 +152,7 @@ fn fresh_checkout_generates_dev_pki_serves_and_stops_on_sigterm() {
         stderr(&wrong_name)
     );
 
-    let kill = Command::new("kill")
-        .args(["-TERM", &server.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(kill.success());
+    signal(&server, "TERM");
     let status = server.wait().unwrap();
     assert!(
         status.success(),
@@ -307,11 +312,7 @@ fn certs_revoke_and_sighup_cut_a_client_off() {
         "wrote certs/crl.pem"
     );
 
-    let hup = Command::new("kill")
-        .args(["-HUP", &server.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(hup.success());
+    signal(&server, "HUP");
     let reloaded = wait_for_log(&lines, "configuration reloaded");
     assert_eq!(reloaded["changed"], "certs/crl.pem");
 
