@@ -1,12 +1,12 @@
 //! The string patterns of an A43 policy, and an index over many of them.
 //!
 //! gRPC translates each policy string into an Envoy string matcher:
-//! `"*"` matches any non-empty value, a trailing `*` makes a prefix match, a
-//! leading `*` a suffix match, anything else is exact; a `*` anywhere else is
-//! literal. When a value both starts and ends with `*` (`"*abc*"`), gRPC Go
-//! and Java check the trailing `*` first, so it is the prefix `"*abc"`.
-//! (gRPC C++ checks the leading `*` first; such patterns are best avoided.)
-//! Matching is byte-wise and case-sensitive.
+//! `"*"` matches any non-empty value, a leading `*` makes a suffix match, a
+//! trailing `*` a prefix match, anything else is exact; a `*` anywhere else is
+//! literal. When a value both starts and ends with `*` (`"*abc*"`), gRPC C++
+//! and Java check the leading `*` first, so it is the suffix `"abc*"`; we do
+//! the same. (gRPC Go checks the trailing `*` first; such patterns are best
+//! avoided.) Matching is byte-wise and case-sensitive.
 
 use std::collections::HashMap;
 
@@ -26,10 +26,10 @@ impl Pattern {
     pub fn parse(s: &str) -> Self {
         if s == "*" {
             Pattern::NonEmpty
-        } else if let Some(prefix) = s.strip_suffix('*') {
-            Pattern::Prefix(prefix.as_bytes().into())
         } else if let Some(suffix) = s.strip_prefix('*') {
             Pattern::Suffix(suffix.as_bytes().into())
+        } else if let Some(prefix) = s.strip_suffix('*') {
+            Pattern::Prefix(prefix.as_bytes().into())
         } else {
             Pattern::Exact(s.as_bytes().into())
         }
@@ -213,9 +213,9 @@ mod tests {
         assert_eq!(Pattern::parse("abc*"), Pattern::Prefix(b"abc"[..].into()));
         assert_eq!(Pattern::parse("*abc"), Pattern::Suffix(b"abc"[..].into()));
         assert_eq!(Pattern::parse("abc"), Pattern::Exact(b"abc"[..].into()));
-        // Trailing star wins, as in gRPC Go and Java.
-        assert_eq!(Pattern::parse("*abc*"), Pattern::Prefix(b"*abc"[..].into()));
-        assert_eq!(Pattern::parse("**"), Pattern::Prefix(b"*"[..].into()));
+        // Leading star wins, as in gRPC C++ and Java.
+        assert_eq!(Pattern::parse("*abc*"), Pattern::Suffix(b"abc*"[..].into()));
+        assert_eq!(Pattern::parse("**"), Pattern::Suffix(b"*"[..].into()));
         // A star in the middle is literal.
         assert_eq!(Pattern::parse("a*c"), Pattern::Exact(b"a*c"[..].into()));
     }
