@@ -13,60 +13,87 @@ use serde::Deserialize;
 
 use super::PolicyError;
 
-// The serde model. `Option` everywhere so that an explicit `null` reads as
-// "absent", as it does in gRPC's JSON parsers; presence is then checked with
-// a message that names the field.
+// The serde model. Every field is optional so that a missing one is
+// reported by name below. An explicit `null` is not "absent": gRPC C++ and
+// Java refuse it (only Go's decoder lets it through), so it is refused here
+// with serde's "invalid type: null" error.
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PolicyJson {
+    #[serde(default, deserialize_with = "present")]
     name: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     deny_rules: Option<Vec<RuleJson>>,
+    #[serde(default, deserialize_with = "present")]
     allow_rules: Option<Vec<RuleJson>>,
+    #[serde(default, deserialize_with = "present")]
     audit_logging_options: Option<AuditJson>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RuleJson {
+    #[serde(default, deserialize_with = "present")]
     name: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     source: Option<SourceJson>,
+    #[serde(default, deserialize_with = "present")]
     request: Option<RequestJson>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct SourceJson {
+    #[serde(default, deserialize_with = "present")]
     principals: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RequestJson {
+    #[serde(default, deserialize_with = "present")]
     paths: Option<Vec<String>>,
+    #[serde(default, deserialize_with = "present")]
     headers: Option<Vec<HeaderJson>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct HeaderJson {
+    #[serde(default, deserialize_with = "present")]
     key: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     values: Option<Vec<String>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AuditJson {
+    #[serde(default, deserialize_with = "present")]
     audit_condition: Option<AuditCondition>,
+    #[serde(default, deserialize_with = "present")]
     audit_loggers: Option<Vec<AuditLoggerJson>>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AuditLoggerJson {
+    #[serde(default, deserialize_with = "present")]
     name: Option<String>,
+    #[serde(default, deserialize_with = "present")]
     config: Option<serde_json::Map<String, serde_json::Value>>,
+    #[serde(default, deserialize_with = "present")]
     is_optional: Option<bool>,
+}
+
+/// Reads a field that is present: `null` is an error, not "absent".
+fn present<'de, D, T>(de: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de>,
+{
+    T::deserialize(de).map(Some)
 }
 
 /// When decisions are audit-logged (gRFC A59).
@@ -167,6 +194,12 @@ pub fn parse(json: &str) -> Result<PolicySpec, PolicyError> {
         Some(n) if !n.is_empty() => n,
         _ => return Err(invalid("name", "is required and must not be empty")),
     };
+    if doc.deny_rules.as_ref().is_some_and(Vec::is_empty) {
+        return Err(invalid(
+            "deny_rules",
+            "is empty; leave it out instead (gRPC C++ refuses an empty list)",
+        ));
+    }
     let deny_rules = rules(doc.deny_rules.unwrap_or_default(), "deny_rules")?;
     let allow_rules = rules(doc.allow_rules.unwrap_or_default(), "allow_rules")?;
     if allow_rules.is_empty() {
