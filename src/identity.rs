@@ -187,8 +187,12 @@ impl PeerIdentity {
     /// The single most specific name, for logs: the SPIFFE ID, else the first
     /// URI SAN, else the first DNS SAN, else the Subject.
     pub fn display_name(&self) -> &str {
-        self.uri_sans
-            .first()
+        let spiffe = self
+            .spiffe_id
+            .as_ref()
+            .and_then(|_| self.uri_sans.iter().find(|u| SpiffeId::parse(u).is_some()));
+        spiffe
+            .or(self.uri_sans.first())
             .or(self.dns_sans.first())
             .map(String::as_str)
             .unwrap_or(&self.subject)
@@ -267,6 +271,17 @@ mod tests {
             ]
         );
         assert_eq!(id.display_name(), "spiffe://example.org/reporting");
+        // The SPIFFE ID wins even when another URI SAN comes first.
+        let id = PeerIdentity::from_names(
+            &["https://a.example/x", "spiffe://example.org/b"],
+            &["b.internal"],
+            "CN=b",
+        );
+        assert_eq!(id.display_name(), "spiffe://example.org/b");
+        let id = PeerIdentity::from_names(&[], &["b.internal"], "CN=b");
+        assert_eq!(id.display_name(), "b.internal");
+        let id = PeerIdentity::from_names(&[], &[], "CN=b");
+        assert_eq!(id.display_name(), "CN=b");
     }
 
     #[test]
