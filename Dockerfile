@@ -10,23 +10,25 @@ ARG RUNTIME_IMAGE=debian:bookworm-slim
 FROM ${RUST_IMAGE} AS builder
 WORKDIR /src
 
-# 1. Dependencies only, against stub sources: this layer is rebuilt only
-#    when Cargo.toml, Cargo.lock, build.rs or the protos change, so editing
-#    a source file does not rebuild every crate.
-COPY Cargo.toml Cargo.lock build.rs ./
-COPY proto ./proto
-# (The bench target is declared in Cargo.toml, so it needs a file too.)
+# 1. Dependencies only, against stub sources (and a stub build script, so
+#    the build dependencies are compiled here too): this layer is rebuilt only
+#    when Cargo.toml or Cargo.lock change. Editing a source file or a .proto
+#    rebuilds this crate alone.
+COPY Cargo.toml Cargo.lock ./
 RUN mkdir -p src/bin benches \
- && echo 'pub mod proto { tonic::include_proto!("inventory.v1"); }' > src/lib.rs \
+ && echo 'fn main() {}' > build.rs \
+ && touch src/lib.rs \
  && for b in server client certs; do echo 'fn main() {}' > "src/bin/$b.rs"; done \
  && echo 'fn main() {}' > benches/policy.rs \
  && cargo build --release --locked --bins \
- && rm -rf src
+ && rm -rf src build.rs
 
 # 2. The real sources. Touch them so cargo sees them as newer than the stubs
 #    (COPY keeps the build context's modification times).
+COPY build.rs ./
+COPY proto ./proto
 COPY src ./src
-RUN find src -type f -exec touch {} + \
+RUN find build.rs proto src -type f -exec touch {} + \
  && cargo build --release --locked --bins \
  && mkdir -p /out \
  && cp target/release/server target/release/client target/release/certs /out/
