@@ -481,4 +481,62 @@ mod tests {
         );
         assert!(debug.contains("<redacted>") && !debug.contains("PRIVATE"));
     }
+
+    /// Handshakes over an in-memory pipe; returns the negotiated version.
+    async fn handshake(
+        server: Arc<ServerConfig>,
+        client: Arc<ClientConfig>,
+    ) -> Result<rustls::ProtocolVersion, String> {
+        let (a, b) = tokio::io::duplex(64 * 1024);
+        let accept = tokio_rustls::TlsAcceptor::from(server).accept(a);
+        let connect =
+            tokio_rustls::TlsConnector::from(client).connect(server_name("localhost").unwrap(), b);
+        let (s, c) = tokio::join!(accept, connect);
+        let _client = c.map_err(|e| e.to_string())?;
+        let server = s.map_err(|e| e.to_string())?;
+        Ok(server.get_ref().1.protocol_version().unwrap())
+    }
+
+    #[tokio::test]
+    async fn tls_1_3_only_unless_1_2_is_allowed() {
+        let ca = CertificateAuthority::new("ca", 1).unwrap();
+        let s = ca.issue(&LeafSpec::server("s", &["localhost"])).unwrap();
+        let c = ca.issue(&LeafSpec::dev_client("c")).unwrap();
+        let anchors = TrustAnchors::in_memory(vec![ca.cert_der().clone()], "ca");
+        let server_id =
+            CertifiedKeyFiles::in_memory(vec![s.cert_der.clone()], s.key_der(), "server");
+        let client_id =
+            CertifiedKeyFiles::in_memory(vec![c.cert_der.clone()], c.key_der(), "client");
+        let server_for = |min_version| {
+            server_config(&server_id, &anchors, &[], ServerTlsOptions { min_version }).unwrap()
+        };
+        let client_for = |min_version| {
+            client_config(&client_id, &anchors, ClientTlsOptions { min_version }).unwrap()
+        };
+
+        // A client that can only do TLS 1.2.
+        let mut legacy = ClientConfig::builder_with_provider(provider())
+            .with_protocol_versions(&[&rustls::version::TLS12])
+            .unwrap()
+            .with_root_certificates(anchors.root_store().unwrap())
+            .with_client_auth_cert(vec![c.cert_der.clone()], c.key_der())
+            .unwrap();
+        legacy.alpn_protocols = vec![ALPN_H2.to_vec()];
+        let legacy = Arc::new(legacy);
+
+        let default = server_for(MinTlsVersion::default());
+        assert_eq!(
+            handshake(default.clone(), client_for(MinTlsVersion::Tls12)).await,
+            Ok(rustls::ProtocolVersion::TLSv1_3)
+        );
+        let refused = handshake(default, legacy.clone()).await.unwrap_err();
+        assert!(
+            refused.contains("ProtocolVersion") || refused.contains("version"),
+            "{refused}"
+        );
+        assert_eq!(
+            handshake(server_for(MinTlsVersion::Tls12), legacy).await,
+            Ok(rustls::ProtocolVersion::TLSv1_2)
+        );
+    }
 }

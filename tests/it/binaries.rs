@@ -259,6 +259,19 @@ fn client_failures_are_clear() {
         "error: certs/nobody.pem: No such file or directory (os error 2)"
     );
 
+    // Names that would escape certs/ or overwrite the CA are refused.
+    for bad in ["../evil", "ca", "server", ""] {
+        let out = run(Command::new(CERTS)
+            .current_dir(dir.path())
+            .args(["client", bad]));
+        assert_eq!(out.status.code(), Some(1), "{bad:?}");
+        assert!(
+            stderr(&out).contains("client name"),
+            "{bad:?}: {}",
+            stderr(&out)
+        );
+    }
+
     // A client certificate issued later from the same CA works.
     let issued = run(Command::new(CERTS)
         .current_dir(dir.path())
