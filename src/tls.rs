@@ -275,11 +275,6 @@ fn check_complete(bytes: &[u8], path: &Path) -> Result<(), TlsError> {
     Ok(())
 }
 
-/// Reads every CRL of a PEM file. Refuses a file with none.
-pub fn read_crls(path: &Path) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
-    parse_crls(&read(path)?, path)
-}
-
 /// Parses every CRL of PEM `bytes` read from `path`.
 pub fn parse_crls(
     bytes: &[u8],
@@ -315,20 +310,11 @@ pub struct RevocationLists {
 }
 
 impl RevocationLists {
-    pub fn read(path: &Path) -> Result<Self, TlsError> {
-        Self::from_pem(path, &read(path)?)
-    }
     pub fn from_pem(path: &Path, pem: &[u8]) -> Result<Self, TlsError> {
         Ok(Self {
             crls: parse_crls(pem, path)?,
             path: path.to_owned(),
         })
-    }
-    pub fn in_memory(crls: Vec<CertificateRevocationListDer<'static>>, label: &str) -> Self {
-        Self {
-            crls,
-            path: PathBuf::from(format!("<{label}>")),
-        }
     }
 }
 
@@ -364,23 +350,32 @@ pub fn server_config(
     if !crls.is_empty() {
         builder = builder.allow_unknown_revocation_status();
     }
-    // Each file on its own first, so that a bad CRL is reported by name.
     for list in crls {
-        WebPkiClientVerifier::builder_with_provider(
-            Arc::new(client_ca.root_store()?),
-            provider.clone(),
-        )
-        .with_crls(list.crls.iter().cloned())
-        .build()
-        .map_err(|source| TlsError::Crl {
-            path: list.path.clone(),
-            source,
-        })?;
         builder = builder.with_crls(list.crls.iter().cloned());
     }
-    let verifier = builder.build().map_err(|source| TlsError::Verifier {
-        path: client_ca.path.clone(),
-        source,
+    let verifier = builder.build().map_err(|source| match source {
+        // Only on failure: find which file holds the bad CRL, to name it.
+        rustls::server::VerifierBuilderError::InvalidCrl(_) => crls
+            .iter()
+            .find_map(|list| {
+                let roots = Arc::new(client_ca.root_store().ok()?);
+                WebPkiClientVerifier::builder_with_provider(roots, provider.clone())
+                    .with_crls(list.crls.iter().cloned())
+                    .build()
+                    .err()
+                    .map(|source| TlsError::Crl {
+                        path: list.path.clone(),
+                        source,
+                    })
+            })
+            .unwrap_or(TlsError::Verifier {
+                path: client_ca.path.clone(),
+                source,
+            }),
+        source => TlsError::Verifier {
+            path: client_ca.path.clone(),
+            source,
+        },
     })?;
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(opts.min_version.versions())?
