@@ -100,8 +100,6 @@ where
             )
             .into_http())));
         };
-        // Let handlers use tonic's own `Request::peer_certs()` as well.
-        req.extensions_mut().insert(peer.tls.clone());
 
         let policy = self.policy.load();
         let method = req.uri().path();
@@ -114,6 +112,8 @@ where
         );
         log_decision(&policy, &peer, method, &decision, self.dry_run);
         if decision.is_allowed() || self.dry_run {
+            // Let handlers use tonic's own `Request::peer_certs()` as well.
+            req.extensions_mut().insert(peer.tls);
             Either::Left(self.inner.call(req))
         } else {
             // The message says nothing about the policy: a caller learns
@@ -141,10 +141,8 @@ fn log_decision(
     let rule = decision.rule().unwrap_or("");
     let peer_name = peer.identity.display_name();
     let policy_name = policy.name();
-    let remote = peer
-        .remote_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
+    // Formatted only if the event is enabled: allows are usually filtered out.
+    let remote = peer.remote_addr().map(tracing::field::display);
     let reason = match decision {
         Decision::Allow { .. } => "allow rule matched",
         Decision::DenyByRule { .. } => "deny rule matched",

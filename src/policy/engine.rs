@@ -13,6 +13,8 @@
 //! pattern, with none sharing both. `benches/policy.rs` measures the usual
 //! shapes against a plain scan.
 
+use std::borrow::Cow;
+
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::Engine;
@@ -55,31 +57,29 @@ impl HeaderCondition {
     /// `-bin` metadata on its decoded bytes. An absent header matches
     /// nothing, not even `"*"`.
     fn matches(&self, headers: &HeaderMap) -> Result<bool, MalformedMetadata> {
-        let mut all = headers.get_all(&self.name).iter();
-        let Some(first) = all.next() else {
+        let mut values = headers.get_all(&self.name).iter();
+        let Some(first) = values.next() else {
             return Ok(false);
         };
-        let decode = |v: &http::HeaderValue| -> Result<Vec<u8>, MalformedMetadata> {
-            BIN_ENGINE
-                .decode(v.as_bytes())
-                .map_err(|_| MalformedMetadata)
-        };
-        let rest: Vec<_> = all.collect();
-        if rest.is_empty() && !self.binary {
+        let second = values.next();
+        // The common case, one plain value, is matched in place.
+        if second.is_none() && !self.binary {
             return Ok(self.values.matches_any(std::iter::once(first.as_bytes())));
         }
-        let mut joined = if self.binary {
-            decode(first)?
-        } else {
-            first.as_bytes().to_vec()
-        };
-        for v in rest {
-            joined.push(b',');
-            if self.binary {
-                joined.extend(decode(v)?);
+        fn bytes(binary: bool, v: &http::HeaderValue) -> Result<Cow<'_, [u8]>, MalformedMetadata> {
+            if binary {
+                BIN_ENGINE
+                    .decode(v.as_bytes())
+                    .map(Cow::Owned)
+                    .map_err(|_| MalformedMetadata)
             } else {
-                joined.extend_from_slice(v.as_bytes());
+                Ok(Cow::Borrowed(v.as_bytes()))
             }
+        }
+        let mut joined = bytes(self.binary, first)?.into_owned();
+        for v in second.into_iter().chain(values) {
+            joined.push(b',');
+            joined.extend_from_slice(&bytes(self.binary, v)?);
         }
         Ok(self.values.matches_any(std::iter::once(joined.as_slice())))
     }
