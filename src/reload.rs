@@ -88,42 +88,38 @@ impl FileGroup {
     /// with the new contents and records the outcome.
     fn reload(&mut self, build: impl FnOnce(&[Vec<u8>]) -> Result<(), String>) -> GroupOutcome {
         let current = self.read_all();
-        if let Ok(contents) = &current {
-            if Some(contents) == self.applied.as_ref() {
-                self.refused = None;
-                return GroupOutcome::Unchanged;
-            }
+        if current.is_ok() && current.as_ref().ok() == self.applied.as_ref() {
+            self.refused = None;
+            return GroupOutcome::Unchanged;
         }
         if self.refused.as_ref() == Some(&current) {
             return GroupOutcome::Unchanged;
         }
-        let result = match &current {
-            Ok(contents) => build(contents),
-            Err(e) => Err(e.clone()),
+        let contents = match current {
+            Ok(contents) => contents,
+            Err(e) => {
+                self.refused = Some(Err(e.clone()));
+                return GroupOutcome::Refused(e);
+            }
         };
-        match (result, current) {
-            (Ok(()), Ok(contents)) => {
-                let changed = self
-                    .paths
-                    .iter()
-                    .enumerate()
-                    .filter(|(i, _)| {
-                        self.applied
-                            .as_ref()
-                            .is_none_or(|old| old[*i] != contents[*i])
-                    })
-                    .map(|(_, p)| p.clone())
-                    .collect();
-                self.applied = Some(contents);
-                self.refused = None;
-                GroupOutcome::Applied(changed)
-            }
-            (Err(e), current) => {
-                self.refused = Some(current);
-                GroupOutcome::Refused(e)
-            }
-            (Ok(()), Err(e)) => GroupOutcome::Refused(e),
+        if let Err(e) = build(&contents) {
+            self.refused = Some(Ok(contents));
+            return GroupOutcome::Refused(e);
         }
+        let changed = self
+            .paths
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| {
+                self.applied
+                    .as_ref()
+                    .is_none_or(|old| old[*i] != contents[*i])
+            })
+            .map(|(_, p)| p.clone())
+            .collect();
+        self.applied = Some(contents);
+        self.refused = None;
+        GroupOutcome::Applied(changed)
     }
 }
 
