@@ -1,43 +1,22 @@
-//! A template for internal gRPC services: a tonic server and client with
-//! mutual TLS on rustls, and per-RPC authorization from the verified client
-//! certificate using gRPC's own policy format (gRFC A43).
+//! The example service built on [`mtls_kit`]: an in-memory inventory.
 //!
-//! Crate map, in the order a request meets it:
+//! Everything here is the service's own and is what a team replaces:
 //!
-//! * [`tls`]: the one place that reads PEM files and builds rustls configs,
-//!   for server and client alike;
-//! * [`conn`]: accepts TCP, runs the TLS handshake under a deadline, and
-//!   reads the peer's identity once per connection;
-//! * [`identity`] (with [`rfc2253`]): certificate in, typed peer identity
-//!   out (SPIFFE/URI SANs, DNS SANs, Subject as gRPC renders it);
-//! * [`policy`]: the A43 policy as pure data, compiled to an index, and the
-//!   pure decision function;
-//! * [`authz`]: the tower layer that enforces the decision on every RPC;
-//! * [`service`]: the example in-memory inventory service;
-//! * [`server`]: routes, transport limits, health, reflection, shutdown;
-//! * [`config`]: the server's command line and startup checks;
-//! * [`reload`]: live reload of certificates, CA bundle, CRLs and policy;
-//! * [`client`]: a tonic channel over the same TLS code;
-//! * [`pki`]: the development PKI (rcgen), for `certs/` and tests;
-//! * [`telemetry`]: logging setup.
+//! * `proto/` (compiled by `build.rs` into [`proto`]);
+//! * [`handlers`]: the RPC handlers;
+//! * [`register`]: the one place services are registered;
+//! * [`DEV_IDENTITIES`]: the development PKI's trust domain and clients,
+//!   which the shipped `config/policy.json` names.
 //!
-//! Extension points are marked `TEMPLATE:` (grep for it).
+//! TLS, identity, policy, reload, limits, health and reflection all come
+//! from the kit. Extension points are marked `TEMPLATE:` (grep for it).
 
 #![forbid(unsafe_code)]
 
-pub mod authz;
-pub mod client;
-pub mod config;
-pub mod conn;
-pub mod identity;
-pub mod pki;
-pub mod policy;
-pub mod reload;
-pub mod rfc2253;
-pub mod server;
-pub mod service;
-pub mod telemetry;
-pub mod tls;
+pub mod handlers;
+
+use mtls_kit::certs_cli::DevIdentities;
+use mtls_kit::server::{Limits, Services};
 
 /// Code generated from `proto/` by `build.rs`.
 pub mod proto {
@@ -46,4 +25,34 @@ pub mod proto {
     /// The encoded descriptor set of every file in `proto/`, for reflection.
     pub const FILE_DESCRIPTOR_SET: &[u8] =
         include_bytes!(concat!(env!("OUT_DIR"), "/descriptor.bin"));
+}
+
+/// The development PKI's trust domain and client identities: `certs init`
+/// and the server's first start issue `spiffe://example.org/<name>` for
+/// each, and `config/policy.json` grants each a different set of RPCs.
+///
+/// TEMPLATE: add your own service identities here and in the policy.
+pub const DEV_IDENTITIES: DevIdentities = DevIdentities {
+    trust_domain: "example.org",
+    clients: &["reader", "writer", "admin", "outsider"],
+};
+
+/// The services this server runs. The kit adds health and reflection, and
+/// puts the authorization layer in front of all of them.
+pub fn services(limits: &Limits) -> Services {
+    let mut services = Services::new();
+    register(&mut services, limits);
+    services
+}
+
+/// TEMPLATE: register your services here, one line each.
+fn register(services: &mut Services, limits: &Limits) {
+    use proto::inventory_server::InventoryServer;
+    services
+        .file_descriptor_set(proto::FILE_DESCRIPTOR_SET)
+        .add(
+            InventoryServer::new(handlers::InventoryService::new())
+                .max_decoding_message_size(limits.max_message_size)
+                .max_encoding_message_size(limits.max_message_size),
+        );
 }

@@ -11,10 +11,10 @@ use std::hint::black_box;
 use std::time::{Duration, Instant};
 
 use http::HeaderMap;
-use mtls_template::identity::PeerIdentity;
-use mtls_template::policy::file::{self, PolicySpec, RuleSpec};
-use mtls_template::policy::pattern::Pattern;
-use mtls_template::policy::{Policy, RpcRequest};
+use mtls_kit::identity::PeerIdentity;
+use mtls_kit::policy::file::{self, PolicySpec, RuleSpec};
+use mtls_kit::policy::pattern::Pattern;
+use mtls_kit::policy::{Policy, RpcRequest};
 use serde_json::json;
 
 /// The baseline: every rule, in order, with patterns compiled up front.
@@ -93,11 +93,11 @@ fn peer(name: &str) -> PeerIdentity {
 
 fn main() {
     let headers = HeaderMap::new();
-    let shipped = include_str!("../config/policy.json").to_owned();
+    let shipped = include_str!("../tests/it/policy.json").to_owned();
     let by_identity = json!({"name": "by-identity", "allow_rules": (0..100_000).map(|i| json!({
         "name": format!("svc-{i}"),
         "source": {"principals": [format!("spiffe://example.org/svc-{i}")]},
-        "request": {"paths": ["/inventory.v1.Inventory/GetItem", "/inventory.v1.Inventory/ListItems"]}
+        "request": {"paths": ["/svc.v1.Svc/Get", "/svc.v1.Svc/List"]}
     })).collect::<Vec<_>>()})
     .to_string();
     let by_path = json!({"name": "by-path", "allow_rules": (0..100_000).map(|i| json!({
@@ -112,25 +112,25 @@ fn main() {
             "6 rules, allowed",
             &shipped,
             peer("reader"),
-            "/inventory.v1.Inventory/GetItem",
+            "/kittest.v1.Store/Get",
         ),
         (
             "6 rules, denied",
             &shipped,
             peer("reader"),
-            "/inventory.v1.Inventory/Purge",
+            "/kittest.v1.Store/Clear",
         ),
         (
             "100k by identity, allowed",
             &by_identity,
             peer("svc-73519"),
-            "/inventory.v1.Inventory/GetItem",
+            "/svc.v1.Svc/Get",
         ),
         (
             "100k by identity, denied",
             &by_identity,
             peer("intruder"),
-            "/inventory.v1.Inventory/GetItem",
+            "/svc.v1.Svc/Get",
         ),
         (
             "100k by path, allowed",

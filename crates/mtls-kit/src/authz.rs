@@ -198,7 +198,9 @@ mod tests {
         client_name: &str,
     ) -> (PeerInfo, CertificateDer<'static>) {
         let server = ca.issue(&LeafSpec::server("s", &["localhost"])).unwrap();
-        let client = ca.issue(&LeafSpec::dev_client(client_name)).unwrap();
+        let client = ca
+            .issue(&LeafSpec::dev_client("example.org", client_name))
+            .unwrap();
         let anchors = TrustAnchors::in_memory(vec![ca.cert_der().clone()], "ca");
         let server_identity =
             CertifiedKeyFiles::in_memory(vec![server.cert_der.clone()], server.key_der(), "s");

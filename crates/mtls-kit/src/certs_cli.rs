@@ -1,10 +1,39 @@
-//! The development PKI tool. FOR DEVELOPMENT ONLY: see certs/README.md.
+//! The development PKI tool behind a service's `certs` binary. FOR
+//! DEVELOPMENT ONLY: see certs/README.md.
+//!
+//! The service names its trust domain and development identities in a
+//! [`DevIdentities`] and calls [`main`]; `--trust-domain` overrides the
+//! former at run time.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use mtls_template::pki::{self, CertificateAuthority, DevPkiOptions, DevPkiPaths};
+
+use crate::identity::SpiffeId;
+use crate::pki::{self, CertificateAuthority, DevPkiOptions, DevPkiPaths};
+
+/// The development identities of a service: what `certs init` and the
+/// server's first start issue, and what its shipped policy names.
+#[derive(Clone, Copy, Debug)]
+pub struct DevIdentities {
+    /// The SPIFFE trust domain, e.g. `example.org`.
+    pub trust_domain: &'static str,
+    /// Client identities, each issued as `spiffe://<trust_domain>/<name>`.
+    pub clients: &'static [&'static str],
+}
+
+impl DevIdentities {
+    /// The PKI options for these identities in `trust_domain` (the
+    /// service's own unless overridden).
+    pub fn pki_options(&self, trust_domain: Option<&str>) -> DevPkiOptions {
+        DevPkiOptions {
+            trust_domain: trust_domain.unwrap_or(self.trust_domain).to_owned(),
+            identities: self.clients.iter().map(|c| (*c).to_owned()).collect(),
+            ..DevPkiOptions::default()
+        }
+    }
+}
 
 /// Makes the development PKI: a CA, a server certificate and client
 /// certificates for the development identities.
@@ -20,14 +49,28 @@ struct Args {
           value_parser = clap::value_parser!(i64).range(1..=90))]
     days: i64,
 
+    /// SPIFFE trust domain of the client identities. [default: the service's]
+    #[arg(long, env = "SPIFFE_TRUST_DOMAIN", global = true, value_parser = parse_trust_domain)]
+    trust_domain: Option<String>,
+
     #[command(subcommand)]
     command: Command,
+}
+
+/// A trust domain is what `spiffe://<it>` parses as.
+pub fn parse_trust_domain(s: &str) -> Result<String, String> {
+    match SpiffeId::parse(&format!("spiffe://{s}")) {
+        Some(id) if id.trust_domain() == s => Ok(s.to_owned()),
+        _ => Err(format!(
+            "{s:?} is not a SPIFFE trust domain (lower-case letters, digits, '.', '-', '_')"
+        )),
+    }
 }
 
 #[derive(Subcommand, Debug)]
 enum Command {
     /// Create a new CA, server certificate and a client certificate for
-    /// every development identity (reader, writer, admin, outsider).
+    /// every development identity of the service.
     Init {
         #[command(flatten)]
         server: ServerNames,
@@ -45,7 +88,7 @@ enum Command {
         server: ServerNames,
     },
     /// Issue (or re-issue) a client certificate from the existing CA, with
-    /// SPIFFE ID spiffe://example.org/NAME and CN=NAME.
+    /// SPIFFE ID spiffe://TRUST_DOMAIN/NAME and CN=NAME.
     Client { name: String },
     /// Revoke a client certificate: add certs/NAME.pem's serial number to
     /// certs/crl.pem (created if absent) and re-sign the CRL. Serve it with
@@ -71,9 +114,10 @@ struct ServerNames {
     server_names: Vec<String>,
 }
 
-fn main() -> ExitCode {
+/// Runs the `certs` command line for a service's development identities.
+pub fn main(identities: DevIdentities) -> ExitCode {
     let args = Args::parse();
-    match run(args) {
+    match run(args, identities) {
         Ok(written) => {
             for path in written {
                 println!("wrote {}", path.display());
@@ -87,8 +131,12 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(args: Args) -> anyhow::Result<Vec<PathBuf>> {
+fn run(args: Args, identities: DevIdentities) -> anyhow::Result<Vec<PathBuf>> {
     let paths = DevPkiPaths::new(&args.dir);
+    let trust_domain = args
+        .trust_domain
+        .as_deref()
+        .unwrap_or(identities.trust_domain);
     let load_ca = || {
         CertificateAuthority::from_pem_files(&paths.ca_cert(), &paths.ca_key())
             .map_err(|e| anyhow::anyhow!("{e} (run `certs init` first)"))
@@ -115,7 +163,7 @@ fn run(args: Args) -> anyhow::Result<Vec<PathBuf>> {
             let opts = DevPkiOptions {
                 extra_server_names: server.server_names,
                 leaf_days: args.days,
-                ..DevPkiOptions::default()
+                ..identities.pki_options(Some(trust_domain))
             };
             Ok(pki::write_dev_pki(&paths, &opts)?)
         }
@@ -135,7 +183,7 @@ fn run(args: Args) -> anyhow::Result<Vec<PathBuf>> {
             if !valid {
                 anyhow::bail!("client name {name:?}: use letters, digits, '-', '.', '_' (and not 'ca' or 'server')");
             }
-            Ok(pki::issue_client(&load_ca()?, &paths, &name, args.days)?.to_vec())
+            Ok(pki::issue_client(&load_ca()?, &paths, trust_domain, &name, args.days)?.to_vec())
         }
     }
 }

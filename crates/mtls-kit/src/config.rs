@@ -11,30 +11,26 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use clap::Parser;
 use tracing::{info, warn};
 
+use crate::certs_cli::{parse_trust_domain, DevIdentities};
 use crate::pki::{self, DevPkiOptions, DevPkiPaths};
 use crate::reload::{ServerReloader, ServerSources, WatchSettings};
 use crate::server::{Limits, ServerParts};
-use crate::service::InventoryService;
 use crate::telemetry::LogFormat;
 use crate::tls::{self, MinTlsVersion, ServerTlsOptions};
 
 /// Where the development PKI lives when no TLS files are named.
 pub const DEV_PKI_DIR: &str = "certs";
-/// The example policy shipped with the template.
+/// Where a service keeps its policy.
 pub const DEFAULT_POLICY: &str = "config/policy.json";
 
-// TEMPLATE: add your service's own flags to ServerArgs (each with an `env`
-// so it can be set from the environment), and check them in `load`.
-
-/// gRPC server with mutual TLS and per-RPC authorization (gRFC A43 policies).
+/// The kit's server flags. A service flattens them into its own command
+/// line (`#[command(flatten)]`) next to flags of its own.
 ///
 /// With no --cert/--key/--client-ca, the development PKI in certs/ is used,
 /// and generated first if it is not there.
-#[derive(Parser, Debug)]
-#[command(name = "server", version)]
+#[derive(clap::Args, Debug, Clone)]
 pub struct ServerArgs {
     /// Address to listen on.
     #[arg(long, env = "SERVER_LISTEN", default_value = "127.0.0.1:50051")]
@@ -51,6 +47,11 @@ pub struct ServerArgs {
     /// CA bundle (PEM) that client certificates must chain to. [default: certs/ca.pem]
     #[arg(long, env = "SERVER_CLIENT_CA", requires_all = ["cert", "key"])]
     pub client_ca: Option<PathBuf>,
+
+    /// SPIFFE trust domain of the development PKI's identities, when the
+    /// server generates one. [default: the service's]
+    #[arg(long, env = "SPIFFE_TRUST_DOMAIN", value_parser = parse_trust_domain)]
+    pub trust_domain: Option<String>,
 
     /// Authorization policy (gRPC A43 JSON).
     #[arg(long, env = "SERVER_POLICY", default_value = DEFAULT_POLICY)]
@@ -176,8 +177,8 @@ impl ServerArgs {
     }
 
     /// The TLS files named on the command line, or the development PKI
-    /// (generated if absent).
-    pub fn tls_files(&self) -> Result<TlsFiles, ConfigErrors> {
+    /// for `identities` (generated if absent).
+    pub fn tls_files(&self, identities: &DevIdentities) -> Result<TlsFiles, ConfigErrors> {
         match (&self.cert, &self.key, &self.client_ca) {
             (Some(cert), Some(key), Some(client_ca)) => Ok(TlsFiles {
                 cert: cert.clone(),
@@ -185,7 +186,10 @@ impl ServerArgs {
                 client_ca: client_ca.clone(),
             }),
             // clap's `requires_all` makes these three all-or-nothing.
-            _ => ensure_dev_pki(Path::new(DEV_PKI_DIR)),
+            _ => ensure_dev_pki(
+                Path::new(DEV_PKI_DIR),
+                &identities.pki_options(self.trust_domain.as_deref()),
+            ),
         }
     }
 }
@@ -194,7 +198,7 @@ impl ServerArgs {
 /// server files exist or when its server certificate has expired (dev
 /// certificates live for days). A partial PKI is an error rather than
 /// something to overwrite silently.
-pub fn ensure_dev_pki(dir: &Path) -> Result<TlsFiles, ConfigErrors> {
+pub fn ensure_dev_pki(dir: &Path, opts: &DevPkiOptions) -> Result<TlsFiles, ConfigErrors> {
     let paths = DevPkiPaths::new(dir);
     let files = TlsFiles {
         cert: paths.cert("server"),
@@ -229,7 +233,7 @@ pub fn ensure_dev_pki(dir: &Path) -> Result<TlsFiles, ConfigErrors> {
         }
     };
     if regenerate {
-        let written = pki::write_dev_pki(&paths, &DevPkiOptions::default())
+        let written = pki::write_dev_pki(&paths, opts)
             .map_err(|e| ConfigErrors(vec![format!("generating the development PKI: {e}")]))?;
         info!(files = written.len(), dir = %dir.display(), "development PKI written; private keys are mode 0600");
     }
@@ -244,8 +248,11 @@ fn server_cert_expired(path: &Path) -> Option<bool> {
 
 /// Reads and checks everything the server needs. Reports every problem,
 /// not just the first. The returned reloader re-reads the same files later.
-pub fn load(args: &ServerArgs) -> Result<(ServerParts, Arc<ServerReloader>), ConfigErrors> {
-    let files = args.tls_files()?;
+pub fn load(
+    args: &ServerArgs,
+    identities: &DevIdentities,
+) -> Result<(ServerParts, Arc<ServerReloader>), ConfigErrors> {
+    let files = args.tls_files(identities)?;
     let sources = ServerSources {
         cert: files.cert.clone(),
         key: files.key.clone(),
@@ -272,7 +279,6 @@ pub fn load(args: &ServerArgs) -> Result<(ServerParts, Arc<ServerReloader>), Con
         ServerParts {
             tls: loaded.tls,
             policy: loaded.policy.clone(),
-            inventory: InventoryService::new(),
             limits: args.limits(),
             dry_run: args.dry_run,
         },
@@ -285,14 +291,21 @@ mod tests {
     use super::*;
     use crate::pki::{CertificateAuthority, LeafSpec};
 
+    fn opts() -> DevPkiOptions {
+        DevPkiOptions {
+            identities: vec!["alice".into()],
+            ..DevPkiOptions::default()
+        }
+    }
+
     #[test]
     fn the_dev_pki_is_made_when_absent_and_kept_when_present() {
         let dir = tempfile::tempdir().unwrap();
         let certs = dir.path().join("certs");
-        let files = ensure_dev_pki(&certs).unwrap();
+        let files = ensure_dev_pki(&certs, &opts()).unwrap();
         assert!(files.cert.exists() && files.key.exists() && files.client_ca.exists());
         let first = std::fs::read(&files.cert).unwrap();
-        ensure_dev_pki(&certs).unwrap();
+        ensure_dev_pki(&certs, &opts()).unwrap();
         assert_eq!(
             std::fs::read(&files.cert).unwrap(),
             first,
@@ -303,9 +316,9 @@ mod tests {
     #[test]
     fn an_incomplete_dev_pki_is_an_error_naming_what_is_missing() {
         let dir = tempfile::tempdir().unwrap();
-        let files = ensure_dev_pki(dir.path()).unwrap();
+        let files = ensure_dev_pki(dir.path(), &opts()).unwrap();
         std::fs::remove_file(&files.key).unwrap();
-        let e = ensure_dev_pki(dir.path()).unwrap_err().to_string();
+        let e = ensure_dev_pki(dir.path(), &opts()).unwrap_err().to_string();
         assert!(
             e.contains("incomplete") && e.contains("server.key") && e.contains("--force"),
             "{e}"
@@ -315,7 +328,7 @@ mod tests {
     #[test]
     fn an_expired_dev_server_certificate_is_regenerated() {
         let dir = tempfile::tempdir().unwrap();
-        let files = ensure_dev_pki(dir.path()).unwrap();
+        let files = ensure_dev_pki(dir.path(), &opts()).unwrap();
         let ca = CertificateAuthority::new("old", 1).unwrap();
         let now = time::OffsetDateTime::now_utc();
         let expired = ca
@@ -325,7 +338,7 @@ mod tests {
             )
             .unwrap();
         std::fs::write(&files.cert, &expired.cert_pem).unwrap();
-        ensure_dev_pki(dir.path()).unwrap();
+        ensure_dev_pki(dir.path(), &opts()).unwrap();
         assert_eq!(server_cert_expired(&files.cert), Some(false));
     }
 }

@@ -1,6 +1,9 @@
-//! The server: routes, limits, health, reflection and graceful shutdown,
-//! around an already-bound listener.
+//! The server runner: any set of tonic services, with the authorization
+//! layer, transport limits, health, reflection and graceful shutdown around
+//! them, on an already-bound listener.
 //!
+//! A service built on the kit registers its tonic services in a [`Services`]
+//! and hands it to [`run`]; it never touches TLS, identity or policy.
 //! Taking a bound `TcpListener` (rather than an address) is what lets tests
 //! bind `127.0.0.1:0`, read the real port, and connect without sleeping.
 
@@ -8,15 +11,19 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use std::convert::Infallible;
+
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
+use tonic::body::Body;
+use tonic::server::NamedService;
+use tonic::service::RoutesBuilder;
 use tonic_health::ServingStatus;
+use tower_service::Service;
 use tracing::{info, warn};
 
 use crate::authz::{AuthzLayer, SharedPolicy};
 use crate::conn::{accept_loop, AcceptSettings};
-use crate::proto::inventory_server::InventoryServer;
-use crate::service::InventoryService;
 
 /// Transport limits. tonic leaves most of these unlimited by default; each
 /// is set explicitly here.
@@ -80,10 +87,70 @@ pub struct ServerParts {
     pub tls: Arc<ArcSwap<rustls::ServerConfig>>,
     /// The policy new RPCs are checked against.
     pub policy: SharedPolicy,
-    pub inventory: InventoryService,
     pub limits: Limits,
     /// Log would-be denials but let the RPCs through.
     pub dry_run: bool,
+}
+
+/// The gRPC services a server runs, besides the health and reflection
+/// services the runner adds itself. The authorization layer covers all of
+/// them.
+///
+/// ```no_run
+/// # use mtls_kit::server::Services;
+/// # fn demo<S>(my_service: S) where S: tonic::server::NamedService + Clone + Send + Sync + 'static
+/// #   + tower_service::Service<http::Request<tonic::body::Body>, Response = http::Response<tonic::body::Body>, Error = std::convert::Infallible>,
+/// #   S::Future: Send + 'static {
+/// let mut services = Services::new();
+/// services.add(my_service);
+/// # }
+/// ```
+#[derive(Default)]
+pub struct Services {
+    routes: RoutesBuilder,
+    /// Fully-qualified names (`pkg.Service`), reported SERVING on health.
+    names: Vec<&'static str>,
+    /// Encoded `FileDescriptorSet`s, served by reflection.
+    descriptor_sets: Vec<&'static [u8]>,
+}
+
+impl Services {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a tonic service (a generated `FooServer`). Its name is reported
+    /// SERVING on health while the server runs, NOT_SERVING while it drains.
+    ///
+    /// Set the generated server's message size limits from
+    /// [`Limits::max_message_size`]: tonic keeps them per service.
+    pub fn add<S>(&mut self, service: S) -> &mut Self
+    where
+        S: Service<http::Request<Body>, Response = http::Response<Body>, Error = Infallible>
+            + NamedService
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        self.names.push(S::NAME);
+        self.routes.add_service(service);
+        self
+    }
+
+    /// Adds an encoded `FileDescriptorSet` (what `build.rs` writes with
+    /// `file_descriptor_set_path`) so that reflection describes the
+    /// services in it. Health is always described.
+    pub fn file_descriptor_set(&mut self, encoded: &'static [u8]) -> &mut Self {
+        self.descriptor_sets.push(encoded);
+        self
+    }
+
+    /// The names of the services added so far.
+    pub fn names(&self) -> &[&'static str] {
+        &self.names
+    }
 }
 
 /// Errors that stop the server.
@@ -101,29 +168,35 @@ pub enum ServeError {
 pub async fn run(
     listener: TcpListener,
     parts: ServerParts,
+    services: Services,
     shutdown: impl Future<Output = ()>,
 ) -> Result<(), ServeError> {
     let limits = parts.limits;
+    let Services {
+        mut routes,
+        names,
+        descriptor_sets,
+    } = services;
     let (health, health_service) = tonic_health::server::health_reporter();
-    health
-        .set_serving::<InventoryServer<InventoryService>>()
-        .await;
+    for name in &names {
+        health
+            .set_service_status(*name, ServingStatus::Serving)
+            .await;
+    }
 
     // Reflection v1, plus v1alpha for the many tools that still only speak
     // it (Python's grpcio-reflection, older grpcurl and GUI clients).
     let reflection = || {
-        tonic_reflection::server::Builder::configure()
-            .register_encoded_file_descriptor_set(crate::proto::FILE_DESCRIPTOR_SET)
-            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        descriptor_sets.iter().fold(
+            tonic_reflection::server::Builder::configure()
+                .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET),
+            |builder, set| builder.register_encoded_file_descriptor_set(set),
+        )
     };
-    let reflection_v1 = reflection().build_v1()?;
-    let reflection_v1alpha = reflection().build_v1alpha()?;
-
-    // TEMPLATE: register your own services here. The authorization layer
-    // below covers every service added to this router.
-    let inventory = InventoryServer::new(parts.inventory.clone())
-        .max_decoding_message_size(limits.max_message_size)
-        .max_encoding_message_size(limits.max_message_size);
+    routes
+        .add_service(health_service)
+        .add_service(reflection().build_v1()?)
+        .add_service(reflection().build_v1alpha()?);
 
     let router = tonic::transport::Server::builder()
         .max_concurrent_streams(limits.max_concurrent_streams)
@@ -134,10 +207,7 @@ pub async fn run(
         .max_connection_age(limits.max_connection_age)
         .max_connection_age_grace(limits.max_connection_age_grace)
         .layer(AuthzLayer::new(parts.policy.clone()).dry_run(parts.dry_run))
-        .add_service(inventory)
-        .add_service(health_service)
-        .add_service(reflection_v1)
-        .add_service(reflection_v1alpha);
+        .add_routes(routes.routes());
 
     let (incoming, accept_task) = accept_loop(
         listener,
@@ -163,12 +233,11 @@ pub async fn run(
     // Close the listening socket now, so new clients are refused at once
     // (and go elsewhere) instead of waiting on a server that is leaving.
     drop(accept_task);
-    health
-        .set_not_serving::<InventoryServer<InventoryService>>()
-        .await;
-    health
-        .set_service_status("", ServingStatus::NotServing)
-        .await;
+    for name in names.iter().copied().chain([""]) {
+        health
+            .set_service_status(name, ServingStatus::NotServing)
+            .await;
+    }
     let _ = stop_tx.send(());
     match tokio::time::timeout(limits.drain_timeout, server).await {
         Ok(result) => {

@@ -496,7 +496,7 @@ mod tests {
     async fn tls_1_3_only_unless_1_2_is_allowed() {
         let ca = CertificateAuthority::new("ca", 1).unwrap();
         let s = ca.issue(&LeafSpec::server("s", &["localhost"])).unwrap();
-        let c = ca.issue(&LeafSpec::dev_client("c")).unwrap();
+        let c = ca.issue(&LeafSpec::dev_client("example.org", "c")).unwrap();
         let anchors = TrustAnchors::in_memory(vec![ca.cert_der().clone()], "ca");
         let server_id =
             CertifiedKeyFiles::in_memory(vec![s.cert_der.clone()], s.key_der(), "server");

@@ -75,19 +75,19 @@ impl<'a> Decision<'a> {
 ///
 /// ```
 /// use http::HeaderMap;
-/// use mtls_template::identity::PeerIdentity;
-/// use mtls_template::policy::{Decision, Policy, RpcRequest};
+/// use mtls_kit::identity::PeerIdentity;
+/// use mtls_kit::policy::{Decision, Policy, RpcRequest};
 ///
 /// let policy = Policy::from_json(r#"{
 ///     "name": "example",
 ///     "allow_rules": [{"name": "readers",
 ///         "source": {"principals": ["spiffe://example.org/reader"]},
-///         "request": {"paths": ["/inventory.v1.Inventory/GetItem"]}}]
+///         "request": {"paths": ["/svc.v1.Svc/Get"]}}]
 /// }"#).unwrap();
 /// let reader = PeerIdentity::from_names(&["spiffe://example.org/reader"], &[], "CN=reader");
 /// let headers = HeaderMap::new();
-/// let get = RpcRequest { path: "/inventory.v1.Inventory/GetItem", headers: &headers };
-/// let put = RpcRequest { path: "/inventory.v1.Inventory/PutItem", headers: &headers };
+/// let get = RpcRequest { path: "/svc.v1.Svc/Get", headers: &headers };
+/// let put = RpcRequest { path: "/svc.v1.Svc/Put", headers: &headers };
 /// assert_eq!(policy.decide(&reader, &get), Decision::Allow { rule: "readers" });
 /// assert_eq!(policy.decide(&reader, &put), Decision::DenyNoMatch);
 /// ```

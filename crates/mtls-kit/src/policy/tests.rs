@@ -150,26 +150,10 @@ fn principal_match_kinds() {
 fn path_match_kinds() {
     let peer = spiffe("x");
     let cases = [
-        (
-            "/inventory.v1.Inventory/GetItem",
-            "/inventory.v1.Inventory/GetItem",
-            true,
-        ),
-        (
-            "/inventory.v1.Inventory/GetItem",
-            "/inventory.v1.Inventory/PutItem",
-            false,
-        ),
-        (
-            "/inventory.v1.Inventory/*",
-            "/inventory.v1.Inventory/PutItem",
-            true,
-        ),
-        (
-            "/inventory.v1.Inventory/*",
-            "/grpc.health.v1.Health/Check",
-            false,
-        ),
+        ("/svc.v1.Svc/Get", "/svc.v1.Svc/Get", true),
+        ("/svc.v1.Svc/Get", "/svc.v1.Svc/Put", false),
+        ("/svc.v1.Svc/*", "/svc.v1.Svc/Put", true),
+        ("/svc.v1.Svc/*", "/grpc.health.v1.Health/Check", false),
         ("*/Check", "/grpc.health.v1.Health/Check", true),
         ("*", "/anything/At", true),
     ];

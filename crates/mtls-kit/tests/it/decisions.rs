@@ -1,11 +1,11 @@
 //! How decisions are logged (gRFC A59 audit conditions) and dry-run mode.
 
-use mtls_template::client::{self, ClientSettings};
-use mtls_template::proto::inventory_client::InventoryClient;
-use mtls_template::proto::{GetItemRequest, Item, PutItemRequest};
-use mtls_template::reload::{ClientReloader, GroupOutcome};
-use mtls_template::server::Limits;
-use mtls_template::tls::{self, ClientTlsOptions};
+use crate::store::StoreClient;
+use crate::store::{entry, Entry, Key};
+use mtls_kit::client::{self, ClientSettings};
+use mtls_kit::reload::{ClientReloader, GroupOutcome};
+use mtls_kit::server::Limits;
+use mtls_kit::tls::{self, ClientTlsOptions};
 use tonic::Code;
 
 use crate::helpers::{spawn_server, spawn_server_opts, LogCapture, TestPki};
@@ -14,19 +14,14 @@ fn policy(audit_condition: &str) -> String {
     format!(
         r#"{{"name": "audited", "allow_rules": [{{"name": "readers-read",
             "source": {{"principals": ["spiffe://example.org/reader"]}},
-            "request": {{"paths": ["/inventory.v1.Inventory/GetItem"]}}}}],
+            "request": {{"paths": ["/kittest.v1.Store/Get"]}}}}],
           "audit_logging_options": {{"audit_condition": "{audit_condition}",
             "audit_loggers": [{{"name": "stdout_logger"}}]}}}}"#
     )
 }
 
-fn put(sku: &str) -> PutItemRequest {
-    PutItemRequest {
-        item: Some(Item {
-            sku: sku.into(),
-            ..Default::default()
-        }),
-    }
+fn put(key: &str) -> Entry {
+    entry(key, b"")
 }
 
 #[tokio::test]
@@ -40,13 +35,10 @@ async fn audit_conditions_choose_what_is_audit_logged() {
         let (logs, _guard) = LogCapture::start();
         let pki = TestPki::new();
         let server = spawn_server(&pki, &policy(condition)).await;
-        let mut reader = InventoryClient::new(server.connect(&pki.client("reader")).await.unwrap());
-        let allowed = reader
-            .get_item(GetItemRequest { sku: "x".into() })
-            .await
-            .unwrap_err();
+        let mut reader = StoreClient::new(server.connect(&pki.client("reader")).await.unwrap());
+        let allowed = reader.get(Key { key: "x".into() }).await.unwrap_err();
         assert_eq!(allowed.code(), Code::NotFound);
-        let denied = reader.put_item(put("x")).await.unwrap_err();
+        let denied = reader.put(put("x")).await.unwrap_err();
         assert_eq!(denied.code(), Code::PermissionDenied);
 
         let audit = |decision: &str| logs.matching(&[("target", "audit"), ("decision", decision)]);
@@ -66,7 +58,7 @@ async fn audit_conditions_choose_what_is_audit_logged() {
         let deny = &logs.matching(&[("decision", "deny")])[0];
         assert_eq!(deny["level"], "INFO", "{condition}");
         assert_eq!(deny["peer"], "spiffe://example.org/reader");
-        assert_eq!(deny["method"], "/inventory.v1.Inventory/PutItem");
+        assert_eq!(deny["method"], "/kittest.v1.Store/Put");
         assert_eq!(deny["policy"], "audited");
         assert_eq!(deny["rule"], "");
         let allow = &logs.matching(&[("decision", "allow")])[0];
@@ -76,7 +68,7 @@ async fn audit_conditions_choose_what_is_audit_logged() {
             "{condition}"
         );
         assert_eq!(allow["rule"], "readers-read");
-        assert_eq!(allow["method"], "/inventory.v1.Inventory/GetItem");
+        assert_eq!(allow["method"], "/kittest.v1.Store/Get");
     }
 }
 
@@ -85,15 +77,15 @@ async fn dry_run_lets_a_would_be_denied_call_through_and_logs_it() {
     let (logs, _guard) = LogCapture::start();
     let pki = TestPki::new();
     let server = spawn_server_opts(&pki, &policy("NONE"), Limits::default(), true).await;
-    let mut reader = InventoryClient::new(server.connect(&pki.client("reader")).await.unwrap());
-    let stored = reader.put_item(put("dry")).await.unwrap().into_inner();
-    assert_eq!(stored.updated_by, "spiffe://example.org/reader");
-    assert_eq!(server.inventory.handler_calls(), 1);
+    let mut reader = StoreClient::new(server.connect(&pki.client("reader")).await.unwrap());
+    let stored = reader.put(put("dry")).await.unwrap().into_inner();
+    assert_eq!(stored.written_by, "spiffe://example.org/reader");
+    assert_eq!(server.store.handler_calls(), 1);
 
     let would = logs.matching(&[("decision", "would-deny")]);
     assert_eq!(would.len(), 1, "{:#?}", logs.events());
     assert_eq!(would[0]["level"], "INFO");
-    assert_eq!(would[0]["method"], "/inventory.v1.Inventory/PutItem");
+    assert_eq!(would[0]["method"], "/kittest.v1.Store/Put");
     assert_eq!(would[0]["reason"], "no allow rule matched");
     assert!(logs.matching(&[("decision", "deny")]).is_empty());
 }
@@ -118,14 +110,9 @@ async fn a_long_running_client_presents_its_rotated_certificate_on_new_connectio
         server.addr.to_string(),
         tls::server_name("localhost").unwrap(),
     );
-    let mut old =
-        InventoryClient::new(client::connect(&settings, reloader.config()).await.unwrap());
+    let mut old = StoreClient::new(client::connect(&settings, reloader.config()).await.unwrap());
     assert_eq!(
-        old.put_item(put("a"))
-            .await
-            .unwrap()
-            .into_inner()
-            .updated_by,
+        old.put(put("a")).await.unwrap().into_inner().written_by,
         "spiffe://example.org/client-a"
     );
 
@@ -133,38 +120,23 @@ async fn a_long_running_client_presents_its_rotated_certificate_on_new_connectio
     let second = pki.client("client-b");
     std::fs::write(&cert, &second.cert_pem[..100]).unwrap();
     assert!(matches!(reloader.reload(), GroupOutcome::Refused(e) if e.contains("me.pem")));
-    let mut again =
-        InventoryClient::new(client::connect(&settings, reloader.config()).await.unwrap());
+    let mut again = StoreClient::new(client::connect(&settings, reloader.config()).await.unwrap());
     assert_eq!(
-        again
-            .put_item(put("b"))
-            .await
-            .unwrap()
-            .into_inner()
-            .updated_by,
+        again.put(put("b")).await.unwrap().into_inner().written_by,
         "spiffe://example.org/client-a"
     );
 
     std::fs::write(&key, second.key_pem()).unwrap();
     std::fs::write(&cert, &second.cert_pem).unwrap();
     assert!(matches!(reloader.reload(), GroupOutcome::Applied(f) if f.len() == 2));
-    let mut new =
-        InventoryClient::new(client::connect(&settings, reloader.config()).await.unwrap());
+    let mut new = StoreClient::new(client::connect(&settings, reloader.config()).await.unwrap());
     assert_eq!(
-        new.put_item(put("c"))
-            .await
-            .unwrap()
-            .into_inner()
-            .updated_by,
+        new.put(put("c")).await.unwrap().into_inner().written_by,
         "spiffe://example.org/client-b"
     );
     // The connection made before keeps its identity until it closes.
     assert_eq!(
-        old.put_item(put("d"))
-            .await
-            .unwrap()
-            .into_inner()
-            .updated_by,
+        old.put(put("d")).await.unwrap().into_inner().written_by,
         "spiffe://example.org/client-a"
     );
 }

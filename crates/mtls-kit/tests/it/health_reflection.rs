@@ -18,7 +18,7 @@ async fn health_reports_serving_over_mtls() {
     let pki = TestPki::new();
     let server = spawn_server(&pki, POLICY).await;
     let mut health = HealthClient::new(server.connect(&pki.client("reader")).await.unwrap());
-    for service in ["", "inventory.v1.Inventory"] {
+    for service in ["", "kittest.v1.Store"] {
         let reply = health
             .check(HealthCheckRequest {
                 service: service.into(),
@@ -73,13 +73,13 @@ async fn reflection_lists_and_describes_services_over_mtls() {
         [
             "grpc.health.v1.Health",
             "grpc.reflection.v1.ServerReflection",
-            "inventory.v1.Inventory"
+            "kittest.v1.Store"
         ]
     );
 
     let MessageResponse::FileDescriptorResponse(files) = reflect(
         &mut client,
-        MessageRequest::FileContainingSymbol("inventory.v1.Inventory.ListItems".into()),
+        MessageRequest::FileContainingSymbol("kittest.v1.Store.Scan".into()),
     )
     .await
     else {
@@ -88,13 +88,9 @@ async fn reflection_lists_and_describes_services_over_mtls() {
     use prost::Message;
     let file = prost_types::FileDescriptorProto::decode(files.file_descriptor_proto[0].as_slice())
         .unwrap();
-    assert_eq!(file.package(), "inventory.v1");
+    assert_eq!(file.package(), "kittest.v1");
     let service = &file.service[0];
-    let list = service
-        .method
-        .iter()
-        .find(|m| m.name() == "ListItems")
-        .unwrap();
+    let list = service.method.iter().find(|m| m.name() == "Scan").unwrap();
     assert!(list.server_streaming());
-    assert_eq!(list.input_type(), ".inventory.v1.ListItemsRequest");
+    assert_eq!(list.input_type(), ".kittest.v1.Key");
 }

@@ -2,64 +2,66 @@
 //! loopback port, and real clients as named identities.
 
 use std::net::SocketAddr;
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
-use mtls_template::authz::SharedPolicy;
-use mtls_template::client::{self, ClientSettings, ConnectError};
-use mtls_template::pki::{CertificateAuthority, IssuedCert, LeafSpec};
-use mtls_template::policy::Policy;
-use mtls_template::reload::{self, ServerReloader, ServerSources, WatchSettings};
-use mtls_template::server::{self, Limits, ServeError, ServerParts};
-use mtls_template::service::InventoryService;
-use mtls_template::tls::{
-    self, CertifiedKeyFiles, ClientTlsOptions, ServerTlsOptions, TrustAnchors,
-};
-use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use mtls_kit::authz::SharedPolicy;
+use mtls_kit::pki::IssuedCert;
+use mtls_kit::reload::{self, ServerReloader, ServerSources, WatchSettings};
+use mtls_kit::server::{Limits, ServeError, ServerParts};
+use mtls_kit::testing;
+use mtls_kit::tls::{self, ClientTlsOptions, ServerTlsOptions, TrustAnchors};
 use tokio::task::JoinHandle;
-use tonic::transport::Channel;
+
+pub use crate::store::TestStore;
+use mtls_kit::tls::CertifiedKeyFiles;
 
 /// The policy most tests run with: each identity gets a different set of
-/// RPCs, and `outsider` is denied everything by a deny rule.
-pub const POLICY: &str = include_str!("../../config/policy.json");
+/// the test store's RPCs, and `outsider` is denied everything by a deny rule.
+pub const POLICY: &str = include_str!("policy.json");
 
-/// A CA, a server certificate and one client certificate per identity.
-pub struct TestPki {
-    pub ca: CertificateAuthority,
-    pub server: IssuedCert,
-}
+/// The test PKI, with identities in the trust domain the test policies name.
+pub struct TestPki(testing::TestPki);
 
 impl TestPki {
     pub fn new() -> Self {
-        let ca = CertificateAuthority::new("test CA", 1).unwrap();
-        let server = ca
-            .issue(&LeafSpec::server(
-                "test server",
-                &["localhost", "127.0.0.1"],
-            ))
-            .unwrap();
-        Self { ca, server }
-    }
-
-    /// A development-style client certificate for `name`.
-    pub fn client(&self, name: &str) -> IssuedCert {
-        self.ca.issue(&LeafSpec::dev_client(name)).unwrap()
-    }
-
-    pub fn anchors(&self) -> TrustAnchors {
-        TrustAnchors::in_memory(vec![self.ca.cert_der().clone()], "test CA")
+        Self(testing::TestPki::new("example.org"))
     }
 }
 
+impl Deref for TestPki {
+    type Target = testing::TestPki;
+    fn deref(&self) -> &testing::TestPki {
+        &self.0
+    }
+}
+
+/// The real server running the test store.
 pub struct TestServer {
-    pub addr: SocketAddr,
-    pub inventory: InventoryService,
-    shutdown: Option<oneshot::Sender<()>>,
-    pub handle: JoinHandle<Result<(), ServeError>>,
-    ca: TrustAnchors,
+    inner: testing::TestServer,
+    pub store: TestStore,
+}
+
+impl Deref for TestServer {
+    type Target = testing::TestServer;
+    fn deref(&self) -> &testing::TestServer {
+        &self.inner
+    }
+}
+
+impl DerefMut for TestServer {
+    fn deref_mut(&mut self) -> &mut testing::TestServer {
+        &mut self.inner
+    }
+}
+
+impl TestServer {
+    /// The server task, to wait for its end.
+    pub fn into_handle(self) -> JoinHandle<Result<(), ServeError>> {
+        self.inner.handle
+    }
 }
 
 pub async fn spawn_server(pki: &TestPki, policy_json: &str) -> TestServer {
@@ -76,67 +78,11 @@ pub async fn spawn_server_opts(
     limits: Limits,
     dry_run: bool,
 ) -> TestServer {
-    let identity = CertifiedKeyFiles::in_memory(
-        vec![pki.server.cert_der.clone()],
-        pki.server.key_der(),
-        "server",
-    );
-    let tls =
-        tls::server_config(&identity, &pki.anchors(), &[], ServerTlsOptions::default()).unwrap();
-    let policy: SharedPolicy = Arc::new(ArcSwap::from_pointee(
-        Policy::from_json(policy_json).unwrap(),
-    ));
-    let inventory = InventoryService::new();
-    // Bind first: the port is ready before the server task even starts.
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (tx, rx) = oneshot::channel::<()>();
-    let parts = ServerParts {
-        tls: Arc::new(ArcSwap::new(tls)),
-        policy: policy.clone(),
-        inventory: inventory.clone(),
-        limits,
-        dry_run,
-    };
-    let handle = tokio::spawn(server::run(listener, parts, async {
-        let _ = rx.await;
-    }));
-    TestServer {
-        addr,
-        inventory,
-        shutdown: Some(tx),
-        handle,
-        ca: pki.anchors(),
-    }
-}
-
-impl TestServer {
-    /// Connects as `cert`, verifying the server as `localhost`.
-    pub async fn connect(&self, cert: &IssuedCert) -> Result<Channel, ConnectError> {
-        self.connect_named(cert, "localhost").await
-    }
-
-    pub async fn connect_named(
-        &self,
-        cert: &IssuedCert,
-        server_name: &str,
-    ) -> Result<Channel, ConnectError> {
-        let identity =
-            CertifiedKeyFiles::in_memory(vec![cert.cert_der.clone()], cert.key_der(), "client");
-        let config = tls::client_config(&identity, &self.ca, ClientTlsOptions::default()).unwrap();
-        let settings = ClientSettings::new(
-            self.addr.to_string(),
-            tls::server_name(server_name).unwrap(),
-        );
-        client::connect(&settings, Arc::new(ArcSwap::new(config))).await
-    }
-
-    /// Starts the graceful shutdown.
-    pub fn begin_shutdown(&mut self) {
-        if let Some(tx) = self.shutdown.take() {
-            let _ = tx.send(());
-        }
-    }
+    let store = TestStore::default();
+    let inner =
+        testing::TestServer::spawn_with(pki, policy_json, limits, dry_run, store.services(&limits))
+            .await;
+    TestServer { inner, store }
 }
 
 /// A server whose TLS files and policy live in a temporary directory and
@@ -234,20 +180,14 @@ pub async fn spawn_file_server(
         tls: ServerTlsOptions::default(),
     };
     let loaded = ServerReloader::load(sources).unwrap_or_else(|e| panic!("{e:?}"));
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let inventory = InventoryService::new();
+    let store = TestStore::default();
     let parts = ServerParts {
         tls: loaded.tls.clone(),
         policy: loaded.policy.clone(),
-        inventory: inventory.clone(),
         limits,
         dry_run: false,
     };
-    let (tx, rx) = oneshot::channel::<()>();
-    let handle = tokio::spawn(server::run(listener, parts, async {
-        let _ = rx.await;
-    }));
+    let inner = testing::TestServer::start(parts, store.services(&limits), pki.anchors()).await;
     let watcher = watch.map(|settings| {
         let reloader = loaded.reloader.clone();
         tokio::spawn(reload::watch_files(
@@ -260,13 +200,7 @@ pub async fn spawn_file_server(
     });
     FileServer {
         dir,
-        server: TestServer {
-            addr,
-            inventory,
-            shutdown: Some(tx),
-            handle,
-            ca: pki.anchors(),
-        },
+        server: TestServer { inner, store },
         reloader: loaded.reloader,
         server_policy: loaded.policy,
         watcher,

@@ -2,10 +2,10 @@
 
 use std::time::Duration;
 
-use mtls_template::proto::inventory_client::InventoryClient;
-use mtls_template::proto::{Item, PutItemRequest};
-use mtls_template::server::Limits;
-use mtls_template::tls::{self, CertifiedKeyFiles, ClientTlsOptions};
+use crate::store::entry;
+use crate::store::StoreClient;
+use mtls_kit::server::Limits;
+use mtls_kit::tls::{self, CertifiedKeyFiles, ClientTlsOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -86,25 +86,11 @@ async fn oversized_messages_are_refused() {
         ..Limits::default()
     };
     let server = spawn_server_with(&pki, POLICY, limits).await;
-    let mut writer = InventoryClient::new(server.connect(&pki.client("writer")).await.unwrap());
-    let big = Item {
-        sku: "big".into(),
-        name: "x".repeat(4096),
-        ..Default::default()
-    };
-    let status = writer
-        .put_item(PutItemRequest { item: Some(big) })
-        .await
-        .unwrap_err();
+    let mut writer = StoreClient::new(server.connect(&pki.client("writer")).await.unwrap());
+    let big = entry("big", &[b'x'; 4096]);
+    let status = writer.put(big).await.unwrap_err();
     assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
-    assert_eq!(server.inventory.handler_calls(), 0);
-    let small = Item {
-        sku: "small".into(),
-        name: "x".repeat(100),
-        ..Default::default()
-    };
-    writer
-        .put_item(PutItemRequest { item: Some(small) })
-        .await
-        .unwrap();
+    assert_eq!(server.store.handler_calls(), 0);
+    let small = entry("small", &[b'x'; 100]);
+    writer.put(small).await.unwrap();
 }

@@ -3,9 +3,9 @@
 //! build), one module per behaviour.
 
 mod helpers;
+mod store;
 
 mod authorization;
-mod binaries;
 mod decisions;
 mod health_reflection;
 mod limits;

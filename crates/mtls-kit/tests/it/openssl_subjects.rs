@@ -6,8 +6,8 @@
 use std::path::Path;
 use std::process::Command;
 
-use mtls_template::identity::PeerIdentity;
-use mtls_template::pki::{CertificateAuthority, LeafSpec};
+use mtls_kit::identity::PeerIdentity;
+use mtls_kit::pki::{CertificateAuthority, LeafSpec};
 
 fn openssl_subject(der_path: &Path) -> String {
     let out = Command::new("openssl")

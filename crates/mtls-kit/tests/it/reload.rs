@@ -4,31 +4,31 @@
 
 use std::time::Duration;
 
-use mtls_template::pki::LeafSpec;
-use mtls_template::proto::inventory_client::InventoryClient;
-use mtls_template::proto::{GetItemRequest, PurgeRequest};
-use mtls_template::reload::{GroupOutcome, WatchSettings};
-use mtls_template::server::Limits;
+use crate::store::StoreClient;
+use crate::store::{ClearRequest, Key};
+use mtls_kit::pki::LeafSpec;
+use mtls_kit::reload::{GroupOutcome, WatchSettings};
+use mtls_kit::server::Limits;
 use tonic::Code;
 
 use crate::helpers::{presented_cert, spawn_file_server, LogCapture, TestPki, POLICY};
 
-const ADMIN_CANNOT_PURGE: &str = r#"{"name": "v2", "deny_rules": [{"name": "no-purge", "request": {"paths": ["/inventory.v1.Inventory/Purge"]}}],
+const ADMIN_CANNOT_PURGE: &str = r#"{"name": "v2", "deny_rules": [{"name": "no-purge", "request": {"paths": ["/kittest.v1.Store/Clear"]}}],
     "allow_rules": [{"name": "all", "source": {"principals": ["spiffe://example.org/*"]}}]}"#;
 
 #[tokio::test]
 async fn a_reloaded_policy_applies_to_the_next_rpc_on_open_connections() {
     let pki = TestPki::new();
     let fs = spawn_file_server(&pki, POLICY, Limits::default(), None).await;
-    let mut admin = InventoryClient::new(fs.server.connect(&pki.client("admin")).await.unwrap());
-    admin.purge(PurgeRequest {}).await.unwrap();
+    let mut admin = StoreClient::new(fs.server.connect(&pki.client("admin")).await.unwrap());
+    admin.clear(ClearRequest {}).await.unwrap();
 
     std::fs::write(fs.paths().policy, ADMIN_CANNOT_PURGE).unwrap();
     let (_, policy) = fs.reloader.reload();
     assert_eq!(policy, GroupOutcome::Applied(vec![fs.paths().policy]));
     // Same connection, next RPC: the new policy decides.
     assert_eq!(
-        admin.purge(PurgeRequest {}).await.unwrap_err().code(),
+        admin.clear(ClearRequest {}).await.unwrap_err().code(),
         Code::PermissionDenied
     );
     // Nothing changed since: a reload is a no-op.
@@ -46,7 +46,7 @@ async fn bad_files_are_refused_logged_once_and_the_last_good_configuration_stays
     let paths = fs.paths();
     let admin = pki.client("admin");
     let original_cert = presented_cert(fs.server.addr, &admin, &pki.anchors()).await;
-    let mut client = InventoryClient::new(fs.server.connect(&admin).await.unwrap());
+    let mut client = StoreClient::new(fs.server.connect(&admin).await.unwrap());
 
     let rotated = pki
         .ca
@@ -119,10 +119,7 @@ async fn bad_files_are_refused_logged_once_and_the_last_good_configuration_stays
             original_cert,
             "{what}"
         );
-        client
-            .get_item(GetItemRequest { sku: "x".into() })
-            .await
-            .unwrap_err();
+        client.get(Key { key: "x".into() }).await.unwrap_err();
         assert_eq!(fs.reloader.in_force(&path).unwrap(), good, "{what}");
         // Putting the good file back is not a change.
         std::fs::write(&path, &good).unwrap();
@@ -167,7 +164,7 @@ async fn a_rotated_server_certificate_is_used_by_new_handshakes() {
     let fs = spawn_file_server(&pki, POLICY, Limits::default(), None).await;
     let paths = fs.paths();
     let admin = pki.client("admin");
-    let mut open = InventoryClient::new(fs.server.connect(&admin).await.unwrap());
+    let mut open = StoreClient::new(fs.server.connect(&admin).await.unwrap());
 
     let rotated = pki
         .ca
@@ -185,12 +182,9 @@ async fn a_rotated_server_certificate_is_used_by_new_handshakes() {
         rotated.cert_der.to_vec()
     );
     // The connection opened before the rotation keeps working.
-    let status = open
-        .get_item(GetItemRequest { sku: "x".into() })
-        .await
-        .unwrap_err();
+    let status = open.get(Key { key: "x".into() }).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
-    assert_eq!(fs.server.inventory.handler_calls(), 1);
+    assert_eq!(fs.server.store.handler_calls(), 1);
 
     let reloaded = logs.matching(&[("message", "configuration reloaded")]);
     assert_eq!(reloaded.len(), 1, "{:#?}", logs.events());
@@ -213,9 +207,9 @@ async fn file_events_trigger_a_reload() {
     fs.replace(&fs.paths().policy, ADMIN_CANNOT_PURGE.as_bytes());
     fs.wait_in_force(&fs.paths().policy, ADMIN_CANNOT_PURGE.as_bytes())
         .await;
-    let mut admin = InventoryClient::new(fs.server.connect(&pki.client("admin")).await.unwrap());
+    let mut admin = StoreClient::new(fs.server.connect(&pki.client("admin")).await.unwrap());
     assert_eq!(
-        admin.purge(PurgeRequest {}).await.unwrap_err().code(),
+        admin.clear(ClearRequest {}).await.unwrap_err().code(),
         Code::PermissionDenied
     );
 }

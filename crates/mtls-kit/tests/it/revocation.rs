@@ -4,11 +4,11 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use mtls_template::pki::Revoked;
-use mtls_template::proto::inventory_client::InventoryClient;
-use mtls_template::proto::GetItemRequest;
-use mtls_template::server::Limits;
-use mtls_template::tls::{self, CertifiedKeyFiles, ClientTlsOptions};
+use crate::store::Key;
+use crate::store::StoreClient;
+use mtls_kit::pki::Revoked;
+use mtls_kit::server::Limits;
+use mtls_kit::tls::{self, CertifiedKeyFiles, ClientTlsOptions};
 use rustls::HandshakeKind;
 use time::OffsetDateTime;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -70,12 +70,9 @@ async fn revoked_certificates_are_refused_new_resumed_and_existing_connections()
         Ok(HandshakeKind::Full)
     );
 
-    let mut open = InventoryClient::new(fs.server.connect(&victim).await.unwrap());
+    let mut open = StoreClient::new(fs.server.connect(&victim).await.unwrap());
     assert_eq!(
-        open.get_item(GetItemRequest { sku: "x".into() })
-            .await
-            .unwrap_err()
-            .code(),
+        open.get(Key { key: "x".into() }).await.unwrap_err().code(),
         Code::NotFound
     );
 
@@ -111,22 +108,15 @@ async fn revoked_certificates_are_refused_new_resumed_and_existing_connections()
         Err(e) => e.to_string(),
         Ok(ch) => format!(
             "{:?}",
-            InventoryClient::new(ch)
-                .get_item(GetItemRequest::default())
-                .await
-                .unwrap_err()
+            StoreClient::new(ch).get(Key::default()).await.unwrap_err()
         ),
     };
     assert!(!err.contains("PermissionDenied"), "{err}");
 
     // Others are unaffected.
-    let mut other = InventoryClient::new(fs.server.connect(&bystander).await.unwrap());
+    let mut other = StoreClient::new(fs.server.connect(&bystander).await.unwrap());
     assert_eq!(
-        other
-            .get_item(GetItemRequest { sku: "x".into() })
-            .await
-            .unwrap_err()
-            .code(),
+        other.get(Key { key: "x".into() }).await.unwrap_err().code(),
         Code::NotFound
     );
 
@@ -135,7 +125,7 @@ async fn revoked_certificates_are_refused_new_resumed_and_existing_connections()
     let mut ticks = tokio::time::interval(Duration::from_millis(50));
     let cut_off = loop {
         ticks.tick().await;
-        match open.get_item(GetItemRequest { sku: "x".into() }).await {
+        match open.get(Key { key: "x".into() }).await {
             Err(s) if s.code() == Code::NotFound => {}
             Err(s) => break (s, revoked_at.elapsed()),
             Ok(_) => unreachable!(),
@@ -156,10 +146,7 @@ async fn revoked_certificates_are_refused_new_resumed_and_existing_connections()
     );
     assert_ne!(cut_off.0.code(), Code::PermissionDenied);
     for _ in 0..3 {
-        let status = open
-            .get_item(GetItemRequest { sku: "x".into() })
-            .await
-            .unwrap_err();
+        let status = open.get(Key { key: "x".into() }).await.unwrap_err();
         assert_ne!(
             status.code(),
             Code::NotFound,

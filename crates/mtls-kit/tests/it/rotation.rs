@@ -7,11 +7,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use mtls_template::pki::{CertificateAuthority, IssuedCert, LeafSpec};
-use mtls_template::proto::inventory_client::InventoryClient;
-use mtls_template::proto::{GetItemRequest, Item, PutItemRequest};
-use mtls_template::reload::WatchSettings;
-use mtls_template::server::Limits;
+use crate::store::StoreClient;
+use crate::store::{entry, Key};
+use mtls_kit::pki::{CertificateAuthority, IssuedCert, LeafSpec};
+use mtls_kit::reload::WatchSettings;
+use mtls_kit::server::Limits;
 use tokio::sync::watch;
 use tonic::Code;
 
@@ -48,24 +48,15 @@ async fn worker(
     while !stop.load(Ordering::SeqCst) {
         let result = async {
             let channel = fs.server.connect(&cert).await.map_err(|e| e.to_string())?;
-            let mut client = InventoryClient::new(channel);
+            let mut client = StoreClient::new(channel);
             for _ in 0..10 {
                 n += 1;
-                let sku = format!("{}-{}", cert.cert_der.len(), n % 7);
+                let key = format!("{}-{}", cert.cert_der.len(), n % 7);
                 counts.sent.fetch_add(1, Ordering::SeqCst);
                 let outcome = if n % 2 == 0 {
-                    let item = Item {
-                        sku,
-                        name: "n".into(),
-                        quantity: n as i64,
-                        ..Default::default()
-                    };
-                    client
-                        .put_item(PutItemRequest { item: Some(item) })
-                        .await
-                        .map(|_| ())
+                    client.put(entry(&key, &n.to_be_bytes())).await.map(|_| ())
                 } else {
-                    match client.get_item(GetItemRequest { sku }).await {
+                    match client.get(Key { key }).await {
                         Err(s) if s.code() == Code::NotFound => Ok(()),
                         other => other.map(|_| ()),
                     }
@@ -169,7 +160,7 @@ async fn rotating_everything_under_traffic_fails_no_rpc_it_should_not() {
     fs.wait_in_force(&paths.client_ca, bundle.as_bytes()).await;
     for i in 3..5 {
         let cert = ca_two
-            .issue(&LeafSpec::dev_client(&format!("worker-{i}")))
+            .issue(&LeafSpec::dev_client("example.org", &format!("worker-{i}")))
             .unwrap();
         workers.push(spawn(cert, never.clone()));
     }

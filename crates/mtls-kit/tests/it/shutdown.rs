@@ -3,21 +3,16 @@
 
 use std::time::Duration;
 
-use mtls_template::proto::inventory_client::InventoryClient;
-use mtls_template::proto::{Item, PutItemRequest};
-use mtls_template::server::Limits;
+use crate::store::StoreClient;
+use crate::store::{entry, Entry};
+use mtls_kit::server::Limits;
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::helpers::{spawn_server, spawn_server_with, TestPki, POLICY};
 
-fn put(sku: &str) -> PutItemRequest {
-    PutItemRequest {
-        item: Some(Item {
-            sku: sku.into(),
-            ..Default::default()
-        }),
-    }
+fn put(key: &str) -> Entry {
+    entry(key, b"")
 }
 
 /// Upper bound for things that must happen promptly; a failure guard, not a
@@ -29,13 +24,13 @@ async fn in_flight_rpcs_finish_after_shutdown_begins() {
     let pki = TestPki::new();
     let mut server = spawn_server(&pki, POLICY).await;
     let writer = pki.client("writer");
-    let mut client = InventoryClient::new(server.connect(&writer).await.unwrap());
+    let mut client = StoreClient::new(server.connect(&writer).await.unwrap());
 
     // A client-streaming import that stays open until we say so.
     let (tx, rx) = mpsc::channel(4);
     tx.send(put("before")).await.unwrap();
-    let call = tokio::spawn(async move { client.import_items(ReceiverStream::new(rx)).await });
-    let mut calls = server.inventory.watch_handler_calls();
+    let call = tokio::spawn(async move { client.load(ReceiverStream::new(rx)).await });
+    let mut calls = server.store.watch_handler_calls();
     calls.wait_for(|&n| n >= 1).await.unwrap();
 
     server.begin_shutdown();
@@ -61,8 +56,8 @@ async fn in_flight_rpcs_finish_after_shutdown_begins() {
         .unwrap()
         .unwrap()
         .unwrap();
-    assert_eq!(summary.into_inner().imported, 2);
-    tokio::time::timeout(GUARD, server.handle)
+    assert_eq!(summary.into_inner().loaded, 2);
+    tokio::time::timeout(GUARD, server.into_handle())
         .await
         .unwrap()
         .unwrap()
@@ -77,12 +72,12 @@ async fn a_stuck_rpc_does_not_hold_shutdown_past_the_drain_deadline() {
         ..Limits::default()
     };
     let mut server = spawn_server_with(&pki, POLICY, limits).await;
-    let mut client = InventoryClient::new(server.connect(&pki.client("writer")).await.unwrap());
+    let mut client = StoreClient::new(server.connect(&pki.client("writer")).await.unwrap());
     let (tx, rx) = mpsc::channel(4);
     tx.send(put("stuck")).await.unwrap();
-    let _call = tokio::spawn(async move { client.import_items(ReceiverStream::new(rx)).await });
+    let _call = tokio::spawn(async move { client.load(ReceiverStream::new(rx)).await });
     server
-        .inventory
+        .store
         .watch_handler_calls()
         .wait_for(|&n| n >= 1)
         .await
@@ -90,7 +85,7 @@ async fn a_stuck_rpc_does_not_hold_shutdown_past_the_drain_deadline() {
 
     let started = std::time::Instant::now();
     server.begin_shutdown();
-    tokio::time::timeout(GUARD, server.handle)
+    tokio::time::timeout(GUARD, server.into_handle())
         .await
         .unwrap()
         .unwrap()

@@ -4,10 +4,10 @@
 
 use std::sync::Arc;
 
-use mtls_template::pki::{CertificateAuthority, IssuedCert, LeafSpec, Usage};
-use mtls_template::proto::inventory_client::InventoryClient;
-use mtls_template::proto::GetItemRequest;
-use mtls_template::tls::{self, CertifiedKeyFiles, ClientTlsOptions};
+use crate::store::Key;
+use crate::store::StoreClient;
+use mtls_kit::pki::{CertificateAuthority, IssuedCert, LeafSpec, Usage};
+use mtls_kit::tls::{self, CertifiedKeyFiles, ClientTlsOptions};
 use rustls::ClientConfig;
 use time::{Duration, OffsetDateTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -60,8 +60,8 @@ fn anonymous_config(pki: &TestPki) -> Arc<ClientConfig> {
 async fn rpc_fails(server: &TestServer, cert: &IssuedCert) {
     let result = match server.connect(cert).await {
         Err(e) => Err(e.to_string()),
-        Ok(channel) => InventoryClient::new(channel)
-            .get_item(GetItemRequest { sku: "x".into() })
+        Ok(channel) => StoreClient::new(channel)
+            .get(Key { key: "x".into() })
             .await
             .map_err(|s| format!("{s:?}")),
     };
@@ -82,14 +82,16 @@ async fn refused_client_certificates() {
     let cases: Vec<(&str, IssuedCert, &str)> = vec![
         (
             "certificate from another CA",
-            other_ca.issue(&LeafSpec::dev_client("admin")).unwrap(),
+            other_ca
+                .issue(&LeafSpec::dev_client("example.org", "admin"))
+                .unwrap(),
             "UnknownCA",
         ),
         (
             "expired certificate",
             pki.ca
                 .issue(
-                    &LeafSpec::dev_client("admin")
+                    &LeafSpec::dev_client("example.org", "admin")
                         .valid_between(now - Duration::days(10), now - Duration::days(1)),
                 )
                 .unwrap(),
@@ -99,7 +101,7 @@ async fn refused_client_certificates() {
             "not yet valid certificate",
             pki.ca
                 .issue(
-                    &LeafSpec::dev_client("admin")
+                    &LeafSpec::dev_client("example.org", "admin")
                         .valid_between(now + Duration::days(1), now + Duration::days(10)),
                 )
                 .unwrap(),
@@ -108,7 +110,7 @@ async fn refused_client_certificates() {
         (
             "serverAuth-only EKU",
             pki.ca
-                .issue(&LeafSpec::dev_client("admin").usage(Usage::Server))
+                .issue(&LeafSpec::dev_client("example.org", "admin").usage(Usage::Server))
                 .unwrap(),
             "UnsupportedCertificate",
         ),
@@ -128,16 +130,13 @@ async fn refused_client_certificates() {
         "no client certificate: got {got:?}"
     );
 
-    assert_eq!(server.inventory.handler_calls(), 0);
+    assert_eq!(server.store.handler_calls(), 0);
 
     // The same server still serves a good certificate.
-    let mut admin = InventoryClient::new(server.connect(&pki.client("admin")).await.unwrap());
-    let status = admin
-        .get_item(GetItemRequest { sku: "x".into() })
-        .await
-        .unwrap_err();
+    let mut admin = StoreClient::new(server.connect(&pki.client("admin")).await.unwrap());
+    let status = admin.get(Key { key: "x".into() }).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::NotFound);
-    assert_eq!(server.inventory.handler_calls(), 1);
+    assert_eq!(server.store.handler_calls(), 1);
 }
 
 #[tokio::test]
@@ -148,12 +147,12 @@ async fn client_refuses_a_server_whose_name_does_not_match() {
         .connect_named(&pki.client("admin"), "payments.internal")
         .await
         .expect_err("connected to a server with the wrong name");
-    let text = mtls_template::client::describe_error(&err);
+    let text = mtls_kit::client::describe_error(&err);
     assert!(
         text.contains("not valid for name \"payments.internal\""),
         "{text}"
     );
-    assert_eq!(server.inventory.handler_calls(), 0);
+    assert_eq!(server.store.handler_calls(), 0);
 }
 
 #[tokio::test]

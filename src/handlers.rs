@@ -1,19 +1,19 @@
-//! The example service: an in-memory inventory.
+//! The example service's handlers: an in-memory inventory.
 //!
 //! TEMPLATE: this is where your own RPC handlers go. Handlers do not check
 //! permissions: by the time one runs, the authorization layer has already
 //! allowed the call. They can still read who is calling with
-//! [`crate::conn::peer_identity`].
+//! [`mtls_kit::conn::peer_identity`].
 
 use std::collections::BTreeMap;
 use std::pin::Pin;
 use std::sync::{Arc, RwLock};
 
-use tokio::sync::watch;
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-use crate::conn::peer_identity;
+use mtls_kit::conn::peer_identity;
+
 use crate::proto::inventory_server::Inventory;
 use crate::proto::{
     GetItemRequest, ImportSummary, Item, ListItemsRequest, PurgeRequest, PurgeResponse,
@@ -28,29 +28,11 @@ pub const MAX_ITEMS: usize = 100_000;
 #[derive(Clone, Debug, Default)]
 pub struct InventoryService {
     items: Arc<RwLock<BTreeMap<String, Item>>>,
-    /// How many times any handler has started. Tests use it to prove that a
-    /// denied call never reached a handler, and wait on it to know that a
-    /// call is in progress.
-    handler_calls: Arc<watch::Sender<u64>>,
 }
 
 impl InventoryService {
     pub fn new() -> Self {
         Self::default()
-    }
-
-    /// How many handler invocations there have been.
-    pub fn handler_calls(&self) -> u64 {
-        *self.handler_calls.borrow()
-    }
-
-    /// Watches the handler invocation count.
-    pub fn watch_handler_calls(&self) -> watch::Receiver<u64> {
-        self.handler_calls.subscribe()
-    }
-
-    fn enter(&self) {
-        self.handler_calls.send_modify(|n| *n += 1);
     }
 
     fn store(&self, item: Option<Item>, caller: &str) -> Result<Item, Status> {
@@ -81,7 +63,6 @@ type ItemStream = Pin<Box<dyn Stream<Item = Result<Item, Status>> + Send>>;
 #[tonic::async_trait]
 impl Inventory for InventoryService {
     async fn get_item(&self, req: Request<GetItemRequest>) -> Result<Response<Item>, Status> {
-        self.enter();
         let sku = req.into_inner().sku;
         let items = self.items.read().unwrap_or_else(|p| p.into_inner());
         items
@@ -92,13 +73,11 @@ impl Inventory for InventoryService {
     }
 
     async fn put_item(&self, req: Request<PutItemRequest>) -> Result<Response<Item>, Status> {
-        self.enter();
         let who = caller(&req);
         self.store(req.into_inner().item, &who).map(Response::new)
     }
 
     async fn purge(&self, req: Request<PurgeRequest>) -> Result<Response<PurgeResponse>, Status> {
-        self.enter();
         let who = caller(&req);
         let mut items = self.items.write().unwrap_or_else(|p| p.into_inner());
         let removed = items.len() as u64;
@@ -113,7 +92,6 @@ impl Inventory for InventoryService {
         &self,
         req: Request<ListItemsRequest>,
     ) -> Result<Response<ItemStream>, Status> {
-        self.enter();
         let prefix = req.into_inner().sku_prefix;
         // Snapshot under the lock, stream after releasing it.
         let snapshot: Vec<Item> = {
@@ -133,7 +111,6 @@ impl Inventory for InventoryService {
         &self,
         req: Request<Streaming<PutItemRequest>>,
     ) -> Result<Response<ImportSummary>, Status> {
-        self.enter();
         let who = caller(&req);
         let mut stream = req.into_inner();
         let mut imported = 0;

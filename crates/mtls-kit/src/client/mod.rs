@@ -4,6 +4,12 @@
 //! Doing TLS in the connector (rather than through tonic's
 //! `ClientTlsConfig`) keeps one TLS code path for both sides and lets the
 //! config be swapped for new connections while the channel lives.
+//!
+//! [`cli`] holds the flags and exit-status conventions of a client binary.
+
+pub mod cli;
+
+pub use cli::ClientArgs;
 
 use std::sync::Arc;
 use std::time::Duration;
