@@ -10,25 +10,26 @@ ARG RUNTIME_IMAGE=debian:bookworm-slim
 FROM ${RUST_IMAGE} AS builder
 WORKDIR /src
 
-# 1. Dependencies only, against stub sources (and a stub build script, so
+# 1. Dependencies only, against stub sources (and stub build scripts, so
 #    the build dependencies are compiled here too): this layer is rebuilt only
-#    when Cargo.toml or Cargo.lock change. Editing a source file or a .proto
-#    rebuilds this crate alone.
+#    when a Cargo.toml or Cargo.lock changes. Editing a source file or a
+#    .proto rebuilds the workspace's own crates alone.
 COPY Cargo.toml Cargo.lock ./
-RUN mkdir -p src/bin benches \
- && echo 'fn main() {}' > build.rs \
- && touch src/lib.rs \
+COPY crates/mtls-kit/Cargo.toml crates/mtls-kit/
+RUN mkdir -p src/bin crates/mtls-kit/src crates/mtls-kit/benches \
+ && for d in . crates/mtls-kit; do echo 'fn main() {}' > "$d/build.rs"; touch "$d/src/lib.rs"; done \
  && for b in server client certs; do echo 'fn main() {}' > "src/bin/$b.rs"; done \
- && echo 'fn main() {}' > benches/policy.rs \
+ && echo 'fn main() {}' > crates/mtls-kit/benches/policy.rs \
  && cargo build --release --locked --bins \
- && rm -rf src build.rs
+ && rm -rf src build.rs crates
 
 # 2. The real sources. Touch them so cargo sees them as newer than the stubs
 #    (COPY keeps the build context's modification times).
 COPY build.rs ./
 COPY proto ./proto
 COPY src ./src
-RUN find build.rs proto src -type f -exec touch {} + \
+COPY crates ./crates
+RUN find build.rs proto src crates -type f -exec touch {} + \
  && cargo build --release --locked --bins \
  && mkdir -p /out \
  && cp target/release/server target/release/client target/release/certs /out/

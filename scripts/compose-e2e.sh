@@ -203,7 +203,8 @@ log "server logged the denial: $(echo "$server_log" | grep '"decision":"deny"' |
 
 # The image: non-root, and no keys or certificates in it.
 [ "$(docker_cli exec "$server" id -u)" = 10001 ] || fail "server does not run as uid 10001"
-leftovers=$(docker_cli run --rm --entrypoint sh mtls-template:dev -c \
+image=$(sed -n 's/^ *image: *//p' docker-compose.yml | head -n 1)
+leftovers=$(docker_cli run --rm --entrypoint sh "$image" -c \
   'ls -A /app/certs; find / -xdev -type f -name "*.key" 2>/dev/null; grep -rl "BEGIN .*PRIVATE KEY-----$" /app 2>/dev/null; true')
 [ -z "$leftovers" ] || fail "the image holds key or certificate files: $leftovers"
 
