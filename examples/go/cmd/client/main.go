@@ -27,8 +27,11 @@ import (
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 
-	inventory "example.org/mtls-template/examples/go/inventory/v1"
 	"example.org/mtls-template/examples/go/mtls"
+
+	// The generated package, in a group of its own so that renaming it
+	// keeps gofmt's import order.
+	inventory "example.org/mtls-template/examples/go/inventory/v1"
 )
 
 const usage = `usage: client [flags] COMMAND [ARGS]
