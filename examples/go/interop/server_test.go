@@ -87,6 +87,7 @@ func startServer() (stop func(), err error) {
 			cmd.Env = append(cmd.Env, kv)
 		}
 	}
+	dieWithTest(cmd)
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		return nil, err
