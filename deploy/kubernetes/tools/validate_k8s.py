@@ -1,0 +1,539 @@
+#!/usr/bin/env python3
+"""Validates the rendered Kubernetes manifests (the output of
+`kubectl kustomize deploy/kubernetes`), offline.
+
+Run by scripts/validate-k8s.sh, which installs the pinned tools first. Checks:
+
+1. schemas: every built-in resource against the Kubernetes API schema of the
+   pinned version (kubernetes-validate, strict: an unknown or misspelled field
+   is an error); every cert-manager resource against cert-manager's CRD
+   schema, made strict the same way (unknown fields are errors, as with
+   `kubectl apply`'s default server-side strict field validation). Any other
+   kind is an error: nothing goes unvalidated.
+2. identities: the SPIFFE IDs in the Certificates and the principals in the
+   A43 policy (read from the rendered ConfigMap, i.e. what would be deployed)
+   agree, in both directions; each SPIFFE ID is spiffe://<trust domain>/ns/
+   <its namespace>/sa/<a ServiceAccount that exists>; the probe identity may
+   call grpc.health.v1.Health/Check and nothing else.
+3. wiring: the server's certificate, key, CA bundle and policy paths resolve
+   to mounted Secret/ConfigMap keys (no subPath, which would never see a
+   renewal); the probes present the probe identity; the grace period covers
+   preStop plus the drain timeout; the hardening the README promises is there.
+
+Exits 1 with a list of every problem, 0 with a summary if there is none.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import glob
+import json
+import os
+import re
+import shlex
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Iterable
+
+import jsonschema
+import yaml
+
+HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+# Default of SERVER_DRAIN_TIMEOUT_SECS (src/config.rs).
+DEFAULT_DRAIN_SECS = 10
+# Slack the grace period must leave after preStop + drain, for a slow node.
+MIN_SHUTDOWN_SLACK_SECS = 5
+
+
+@dataclass
+class Report:
+    errors: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+    schema_checked: list[str] = field(default_factory=list)
+
+    def error(self, where: str, msg: str) -> None:
+        self.errors.append(f"{where}: {msg}")
+
+
+def ref(doc: dict) -> str:
+    md = doc.get("metadata") or {}
+    ns = md.get("namespace")
+    return f"{doc.get('kind')}/{ns + '/' if ns else ''}{md.get('name')}"
+
+
+# ---------------------------------------------------------------- schemas
+
+
+def _strict_crd_schema(node: Any, top: bool = True) -> Any:
+    """An openAPIV3Schema as JSON Schema that rejects unknown fields."""
+    if isinstance(node, list):
+        return [_strict_crd_schema(n, False) for n in node]
+    if not isinstance(node, dict):
+        return node
+    out = {k: _strict_crd_schema(v, False) for k, v in node.items()}
+    # OpenAPI's `nullable` is not JSON Schema: spell it as a type union.
+    if out.pop("nullable", False) and isinstance(out.get("type"), str):
+        out["type"] = [out["type"], "null"]
+    if (
+        "properties" in out
+        and "additionalProperties" not in out
+        and not out.get("x-kubernetes-preserve-unknown-fields")
+    ):
+        out["additionalProperties"] = False
+    if top and "metadata" in out.get("properties", {}):
+        # The CRD leaves metadata open (the API server validates it as
+        # ObjectMeta); these manifests only ever use these fields.
+        out["properties"]["metadata"] = {
+            "type": "object",
+            "required": ["name"],
+            "additionalProperties": False,
+            "properties": {
+                "name": {"type": "string"},
+                "namespace": {"type": "string"},
+                "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+                "annotations": {"type": "object", "additionalProperties": {"type": "string"}},
+            },
+        }
+    return out
+
+
+def _count_cel(node: Any) -> int:
+    if isinstance(node, list):
+        return sum(_count_cel(n) for n in node)
+    if isinstance(node, dict):
+        own = len(node.get("x-kubernetes-validations", []))
+        return own + sum(_count_cel(v) for v in node.values())
+    return 0
+
+
+def load_crd_schemas(crd_dir: str) -> dict[tuple[str, str], tuple[dict, str, int]]:
+    """(apiVersion, kind) -> (strict JSON schema, scope, CEL rule count)."""
+    found = {}
+    paths = sorted(glob.glob(os.path.join(crd_dir, "*.yaml")))
+    if not paths:
+        raise SystemExit(f"error: no CRD files in {crd_dir}")
+    for path in paths:
+        with open(path, encoding="utf-8") as f:
+            for crd in yaml.safe_load_all(f):
+                if not crd or crd.get("kind") != "CustomResourceDefinition":
+                    continue
+                spec = crd["spec"]
+                for v in spec["versions"]:
+                    if not v.get("served", True):
+                        continue
+                    raw = v["schema"]["openAPIV3Schema"]
+                    key = (f"{spec['group']}/{v['name']}", spec["names"]["kind"])
+                    found[key] = (_strict_crd_schema(raw), spec["scope"], _count_cel(raw))
+    return found
+
+
+def validate_schemas(docs: list[dict], crds: dict, k8s_version: str, report: Report) -> None:
+    import kubernetes_validate
+    from kubernetes_validate.utils import SchemaNotFoundError
+
+    for doc in docs:
+        where = ref(doc)
+        key = (doc.get("apiVersion"), doc.get("kind"))
+        if key in crds:
+            schema, scope, cel = crds[key]
+            before = len(report.errors)
+            validator = jsonschema.Draft7Validator(schema)
+            errs = sorted(validator.iter_errors(doc), key=lambda e: list(e.absolute_path))
+            for e in errs:
+                path = ".".join(str(p) for p in e.absolute_path) or "(root)"
+                report.error(where, f"{path}: {e.message} [cert-manager CRD schema]")
+            if scope == "Cluster" and (doc.get("metadata") or {}).get("namespace"):
+                report.error(where, "cluster-scoped kind with a namespace")
+            if scope == "Namespaced" and not (doc.get("metadata") or {}).get("namespace"):
+                report.error(where, "namespaced kind without metadata.namespace")
+            if cel:
+                report.notes.append(f"{where}: {cel} CEL rule(s) of its CRD not evaluated offline")
+            if len(report.errors) == before:
+                report.schema_checked.append(f"{where} (cert-manager CRD schema)")
+            continue
+        try:
+            kubernetes_validate.validate(doc, k8s_version, strict=True)
+        except SchemaNotFoundError:
+            report.error(where, f"no schema for {key[0]} {key[1]} (neither Kubernetes {k8s_version} nor a known CRD)")
+            continue
+        except kubernetes_validate.ValidationError as e:
+            path = ".".join(str(p) for p in e.path) or "(root)"
+            report.error(where, f"{path}: {e.message} [Kubernetes {k8s_version} schema, strict]")
+            continue
+        report.schema_checked.append(f"{where} (Kubernetes {k8s_version}, strict)")
+
+
+# ---------------------------------------------------------------- identities
+
+SPIFFE_RE = re.compile(r"^spiffe://([a-z0-9._-]+)/ns/([a-z0-9-]+)/sa/([a-z0-9.-]+)$")
+
+
+def a43_matches(pattern: str, value: str) -> bool:
+    """gRPC A43 string matching, as the server implements it: "*" is any
+    non-empty value, a leading "*" a suffix match (taken first), a trailing
+    "*" a prefix match, anything else exact (case-sensitive)."""
+    if pattern == "*":
+        return value != ""
+    if pattern.startswith("*"):
+        return value.endswith(pattern[1:])
+    if pattern.endswith("*"):
+        return value.startswith(pattern[:-1])
+    return pattern == value
+
+
+def policy_from_configmaps(docs: list[dict], report: Report) -> tuple[dict | None, str]:
+    for doc in docs:
+        if doc.get("kind") == "ConfigMap" and "policy.json" in (doc.get("data") or {}):
+            try:
+                return json.loads(doc["data"]["policy.json"]), ref(doc)
+            except json.JSONDecodeError as e:
+                report.error(ref(doc), f"policy.json is not valid JSON: {e}")
+                return None, ref(doc)
+    report.error("policy", "no ConfigMap with a policy.json key in the rendered output")
+    return None, ""
+
+
+def _rules(policy: dict) -> Iterable[tuple[str, dict]]:
+    for kind in ("deny_rules", "allow_rules"):
+        for rule in policy.get(kind) or []:
+            yield kind, rule
+
+
+def check_identities(docs: list[dict], report: Report, probe_secret: str | None) -> dict:
+    certs = [d for d in docs if d.get("kind") == "Certificate" and d.get("apiVersion", "").startswith("cert-manager.io/")]
+    sas = {((d.get("metadata") or {}).get("namespace"), (d.get("metadata") or {}).get("name"))
+           for d in docs if d.get("kind") == "ServiceAccount"}
+    policy, policy_where = policy_from_configmaps(docs, report)
+
+    client_ids: dict[str, str] = {}  # SPIFFE ID -> Certificate
+    server_ids: dict[str, str] = {}
+    trust_domains = set()
+    probe_id = None
+    for cert in certs:
+        where = ref(cert)
+        spec = cert.get("spec") or {}
+        if spec.get("isCA"):
+            if spec.get("uris"):
+                report.error(where, "a CA certificate should carry no SPIFFE ID")
+            continue
+        usages = set(spec.get("usages") or [])
+        uris = spec.get("uris") or []
+        spiffe = [u for u in uris if str(u).startswith("spiffe://")]
+        if len(spiffe) != 1:
+            report.error(where, f"needs exactly one spiffe:// URI SAN, has {len(spiffe)}")
+            continue
+        sid = spiffe[0]
+        m = SPIFFE_RE.match(sid)
+        ns = (cert.get("metadata") or {}).get("namespace")
+        if not m:
+            report.error(where, f"{sid!r} is not spiffe://<trust domain>/ns/<namespace>/sa/<service account>")
+        else:
+            td, id_ns, id_sa = m.groups()
+            trust_domains.add(td)
+            if id_ns != ns:
+                report.error(where, f"{sid}: names namespace {id_ns!r}, but the Certificate is in {ns!r}")
+            if (id_ns, id_sa) not in sas:
+                report.error(where, f"{sid}: there is no ServiceAccount {id_ns}/{id_sa}")
+        if "client auth" in usages:
+            if sid in client_ids:
+                report.error(where, f"{sid} is also the SPIFFE ID of {client_ids[sid]}")
+            client_ids[sid] = where
+            if probe_secret and spec.get("secretName") == probe_secret:
+                probe_id = sid
+        elif "server auth" in usages:
+            server_ids[sid] = where
+        else:
+            report.error(where, "usages name neither \"client auth\" nor \"server auth\"")
+    if len(trust_domains) > 1:
+        report.error("Certificates", f"more than one trust domain: {sorted(trust_domains)}")
+    if not client_ids:
+        report.error("Certificates", "no client Certificate (usage \"client auth\") found")
+    if probe_secret and probe_id is None:
+        report.error("Certificates", f"no client Certificate writes the probe's Secret {probe_secret!r}")
+
+    if policy is None:
+        return {"clients": client_ids, "server": server_ids}
+
+    # Every principal names some client certificate (exactly or by pattern).
+    named: set[str] = set()
+    for kind, rule in _rules(policy):
+        for p in ((rule.get("source") or {}).get("principals") or []):
+            hits = {sid for sid in client_ids if a43_matches(p, sid)}
+            if not hits:
+                report.error(policy_where, f"{kind} {rule.get('name')!r}: principal {p!r} matches no client Certificate's SPIFFE ID")
+            if kind == "allow_rules":
+                named |= hits
+    # Every client certificate is named by some allow rule.
+    for sid, where in sorted(client_ids.items()):
+        if sid not in named:
+            report.error(where, f"its SPIFFE ID {sid} is not named by any allow rule of the policy ({policy_where})")
+
+    # The probe: Health/Check only.
+    if probe_id:
+        for kind, rule in _rules(policy):
+            if kind != "allow_rules":
+                continue
+            principals = (rule.get("source") or {}).get("principals") or []
+            applies = not principals or any(a43_matches(p, probe_id) for p in principals)
+            if not applies:
+                continue
+            paths = (rule.get("request") or {}).get("paths") or []
+            if set(paths) != {HEALTH_CHECK}:
+                report.error(policy_where, f"allow rule {rule.get('name')!r} lets the probe identity {probe_id} call {paths or 'every method'}; it may call only {HEALTH_CHECK}")
+        allowed = any(
+            kind == "allow_rules"
+            and any(a43_matches(p, probe_id) for p in ((rule.get("source") or {}).get("principals") or ["*"]))
+            and HEALTH_CHECK in ((rule.get("request") or {}).get("paths") or [HEALTH_CHECK])
+            for kind, rule in _rules(policy)
+        )
+        if not allowed:
+            report.error(policy_where, f"no allow rule lets the probe identity {probe_id} call {HEALTH_CHECK}")
+    return {"clients": client_ids, "server": server_ids, "probe": probe_id}
+
+
+# ---------------------------------------------------------------- wiring
+
+
+def _resolve(path: str, container: dict, pod: dict, where: str, report: Report, docs: list[dict], ns: str):
+    """Which Secret or ConfigMap key a file path in the container reads."""
+    mounts = sorted(container.get("volumeMounts") or [], key=lambda m: -len(m["mountPath"]))
+    for m in mounts:
+        base = m["mountPath"].rstrip("/") + "/"
+        if path == m["mountPath"] and m.get("subPath"):
+            key = m["subPath"]  # a single file mounted with subPath
+        elif path.startswith(base):
+            key = path[len(base):]
+        else:
+            continue
+        if m.get("subPath"):
+            report.error(where, f"{path}: mounted with subPath, which never sees Secret/ConfigMap updates")
+        vol = next((v for v in pod.get("volumes") or [] if v["name"] == m["name"]), None)
+        if vol is None:
+            report.error(where, f"{path}: volume {m['name']!r} is not defined")
+            return None
+        if "secret" in vol:
+            return ("Secret", vol["secret"].get("secretName"), key)
+        if "configMap" in vol:
+            name = vol["configMap"].get("name")
+            cm = next((d for d in docs if d.get("kind") == "ConfigMap"
+                       and d["metadata"]["name"] == name and d["metadata"].get("namespace") == ns), None)
+            if cm is None:
+                report.error(where, f"{path}: ConfigMap {name!r} is not in the rendered output")
+            elif key not in (cm.get("data") or {}):
+                report.error(where, f"{path}: ConfigMap {name!r} has no key {key!r}")
+            return ("ConfigMap", name, key)
+        report.error(where, f"{path}: volume {m['name']!r} is neither a Secret nor a ConfigMap")
+        return None
+    report.error(where, f"{path}: not under any volume mount")
+    return None
+
+
+def _flag(argv: list[str], name: str) -> str | None:
+    for i, a in enumerate(argv):
+        if a == name and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith(name + "="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def check_workload(docs: list[dict], report: Report) -> str | None:
+    """Checks the server Deployment; returns the probe identity's Secret."""
+    deployments = [d for d in docs if d.get("kind") == "Deployment"]
+    if len(deployments) != 1:
+        report.error("Deployment", f"expected exactly one Deployment, found {len(deployments)}")
+        return None
+    dep = deployments[0]
+    where = ref(dep)
+    ns = dep["metadata"].get("namespace")
+    spec = dep.get("spec") or {}
+    pod = (spec.get("template") or {}).get("spec") or {}
+    if spec.get("replicas") != 3:
+        report.error(where, f"replicas is {spec.get('replicas')}, expected 3")
+    containers = pod.get("containers") or []
+    server = next((c for c in containers if c.get("name") == "server"), None)
+    if server is None:
+        report.error(where, "no container named 'server'")
+        return None
+    cwhere = f"{where} container server"
+
+    # Hardening.
+    psc = pod.get("securityContext") or {}
+    sc = server.get("securityContext") or {}
+    want = {
+        "runAsNonRoot": sc.get("runAsNonRoot", psc.get("runAsNonRoot")) is True,
+        "readOnlyRootFilesystem": sc.get("readOnlyRootFilesystem") is True,
+        "allowPrivilegeEscalation: false": sc.get("allowPrivilegeEscalation") is False,
+        "capabilities.drop [ALL]": "ALL" in ((sc.get("capabilities") or {}).get("drop") or []),
+        "seccompProfile RuntimeDefault": ((sc.get("seccompProfile") or psc.get("seccompProfile") or {}).get("type") == "RuntimeDefault"),
+    }
+    for what, ok in want.items():
+        if not ok:
+            report.error(cwhere, f"securityContext: {what} missing")
+    res = server.get("resources") or {}
+    for kind in ("requests", "limits"):
+        for r in ("cpu", "memory"):
+            if r not in (res.get(kind) or {}):
+                report.error(cwhere, f"resources.{kind}.{r} missing")
+    sa = pod.get("serviceAccountName")
+    if not sa or sa == "default":
+        report.error(where, "runs as the default ServiceAccount")
+
+    # Environment and the files it names.
+    env = {e["name"]: e.get("value") for e in server.get("env") or []}
+    required = {
+        "SERVER_LISTEN": "0.0.0.0:50051",
+        "LOG_FORMAT": "json",
+    }
+    for name, value in required.items():
+        if env.get(name) != value:
+            report.error(cwhere, f"env {name} is {env.get(name)!r}, expected {value!r}")
+    if "SERVER_MAX_CONNECTION_AGE_SECS" not in env:
+        report.error(cwhere, "env SERVER_MAX_CONNECTION_AGE_SECS missing (no CRLs: connection age bounds how long an old handshake lives)")
+    files = {}
+    for name, want_key in (("SERVER_CERT", "tls.crt"), ("SERVER_KEY", "tls.key"), ("SERVER_CLIENT_CA", "ca.crt"), ("SERVER_POLICY", None)):
+        path = env.get(name)
+        if not path:
+            report.error(cwhere, f"env {name} missing")
+            continue
+        got = _resolve(path, server, pod, cwhere, report, docs, ns)
+        files[name] = got
+        if got and want_key and (got[0] != "Secret" or got[2] != want_key):
+            report.error(cwhere, f"{name}={path} reads {got}, expected the key {want_key!r} of a cert-manager Secret")
+    if files.get("SERVER_POLICY") and files["SERVER_POLICY"][0] != "ConfigMap":
+        report.error(cwhere, "SERVER_POLICY does not come from a ConfigMap")
+    server_secret = files.get("SERVER_CERT", None)
+    certs_by_secret = {((d.get("spec") or {}).get("secretName")): d for d in docs if d.get("kind") == "Certificate"}
+    if server_secret:
+        for name in ("SERVER_KEY", "SERVER_CLIENT_CA"):
+            if files.get(name) and files[name][1] != server_secret[1]:
+                report.error(cwhere, f"{name} is read from Secret {files[name][1]!r}, SERVER_CERT from {server_secret[1]!r}")
+        cert = certs_by_secret.get(server_secret[1])
+        if cert is None:
+            report.error(cwhere, f"no Certificate writes Secret {server_secret[1]!r}")
+        elif "server auth" not in ((cert.get("spec") or {}).get("usages") or []):
+            report.error(ref(cert), "the server's certificate lacks the \"server auth\" usage")
+
+    # Shutdown timing.
+    drain = int(env.get("SERVER_DRAIN_TIMEOUT_SECS") or DEFAULT_DRAIN_SECS)
+    grace = pod.get("terminationGracePeriodSeconds", 30)
+    pre = ((server.get("lifecycle") or {}).get("preStop") or {})
+    sleep = 0
+    if "exec" in pre:
+        cmd = pre["exec"].get("command") or []
+        if len(cmd) == 2 and cmd[0] in ("sleep", "/bin/sleep"):
+            sleep = int(cmd[1])
+    elif "sleep" in pre:
+        sleep = int(pre["sleep"].get("seconds", 0))
+    if not pre:
+        report.error(cwhere, "no preStop hook: the pod may receive new connections after SIGTERM")
+    if grace < sleep + drain + MIN_SHUTDOWN_SLACK_SECS:
+        report.error(where, f"terminationGracePeriodSeconds {grace} < preStop {sleep} s + drain {drain} s + {MIN_SHUTDOWN_SLACK_SECS} s slack")
+
+    # Probes: the image's client, over mTLS, as one identity.
+    probe_secrets = set()
+    for probe in ("livenessProbe", "readinessProbe"):
+        p = server.get(probe)
+        if not p:
+            report.error(cwhere, f"{probe} missing")
+            continue
+        if "exec" not in p:
+            report.error(cwhere, f"{probe} is not an exec probe (a grpc or tcp probe cannot present a client certificate)")
+            continue
+        argv = p["exec"].get("command") or []
+        if not argv or os.path.basename(argv[0]) != "client" or argv[-1] != "health":
+            report.error(cwhere, f"{probe} does not run `client ... health`: {shlex.join(argv)}")
+            continue
+        timeout = int(_flag(argv, "--timeout-secs") or 10)
+        if timeout >= p.get("timeoutSeconds", 1):
+            report.error(cwhere, f"{probe}: client --timeout-secs {timeout} is not below timeoutSeconds {p.get('timeoutSeconds', 1)}")
+        for flag, key in (("--cert", "tls.crt"), ("--key", "tls.key"), ("--ca", "ca.crt")):
+            path = _flag(argv, flag)
+            if not path:
+                report.error(cwhere, f"{probe}: no {flag}")
+                continue
+            got = _resolve(path, server, pod, cwhere, report, docs, ns)
+            if got and (got[0] != "Secret" or got[2] != key):
+                report.error(cwhere, f"{probe}: {flag} {path} reads {got}, expected key {key!r} of a Secret")
+            elif got and flag != "--ca":
+                probe_secrets.add(got[1])
+        sn = _flag(argv, "--server-name")
+        if server_secret and sn:
+            cert = certs_by_secret.get(server_secret[1]) or {}
+            if sn not in ((cert.get("spec") or {}).get("dnsNames") or []):
+                report.error(cwhere, f"{probe}: --server-name {sn!r} is not a dnsName of the server certificate")
+    if len(probe_secrets) > 1:
+        report.error(cwhere, f"the probes use different identities: {sorted(probe_secrets)}")
+    if server_secret and server_secret[1] in probe_secrets:
+        report.error(cwhere, "the probes present the server's own certificate, not a probe identity")
+    return next(iter(probe_secrets), None)
+
+
+def check_rest(docs: list[dict], report: Report) -> None:
+    services = [d for d in docs if d.get("kind") == "Service"]
+    for s in services:
+        if (s.get("spec") or {}).get("clusterIP") != "None":
+            report.error(ref(s), "not headless (clusterIP: None): clients could not balance per RPC")
+    for kind in ("Namespace", "Service", "PodDisruptionBudget", "NetworkPolicy", "ConfigMap"):
+        if not any(d.get("kind") == kind for d in docs):
+            report.error("resources", f"no {kind}")
+    if any(d.get("kind") == "Secret" for d in docs):
+        report.error("resources", "a Secret is part of the manifests; keys must come from cert-manager, never from the repository")
+    text = yaml.safe_dump_all(docs)
+    if "PRIVATE KEY" in text:
+        report.error("resources", "a PEM private key appears in the rendered manifests")
+    for np in (d for d in docs if d.get("kind") == "NetworkPolicy"):
+        ports = {str(p.get("port")) for rule in (np.get("spec") or {}).get("ingress") or [] for p in rule.get("ports") or []}
+        if not ports:
+            report.error(ref(np), "an ingress rule without ports opens every port")
+    for d in docs:
+        if d.get("kind") == "Namespace":
+            continue
+        if not (d.get("metadata") or {}).get("namespace"):
+            report.error(ref(d), "no metadata.namespace")
+
+
+# ---------------------------------------------------------------- main
+
+
+def validate(docs: list[dict], crd_dir: str, k8s_version: str) -> Report:
+    report = Report()
+    docs = [d for d in docs if d]
+    crds = load_crd_schemas(crd_dir)
+    validate_schemas(docs, crds, k8s_version, report)
+    probe_secret = check_workload(docs, report)
+    check_identities(docs, report, probe_secret)
+    check_rest(docs, report)
+    return report
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("rendered", help="output of `kubectl kustomize` (YAML stream), or - for stdin")
+    ap.add_argument("--crd-dir", required=True, help="directory of cert-manager CRD YAML files")
+    ap.add_argument("--k8s-version", required=True, help="Kubernetes API version to validate against, e.g. 1.35.0")
+    args = ap.parse_args(argv)
+    text = sys.stdin.read() if args.rendered == "-" else open(args.rendered, encoding="utf-8").read()
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d]
+    except yaml.YAMLError as e:
+        print(f"FAIL: the rendered manifests are not valid YAML: {e}")
+        return 1
+    report = validate(docs, args.crd_dir, args.k8s_version)
+    for line in report.schema_checked:
+        print(f"  schema ok: {line}")
+    for line in report.notes:
+        print(f"  note: {line}")
+    if report.errors:
+        print(f"FAIL: {len(report.errors)} problem(s) in {len(docs)} resources:")
+        for e in report.errors:
+            print(f"  - {e}")
+        return 1
+    print(f"OK: {len(docs)} resources valid (Kubernetes {args.k8s_version} strict + cert-manager CRDs); "
+          f"SPIFFE IDs and policy agree; wiring, probes and shutdown timing checked")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
