@@ -15,21 +15,13 @@
 # that its committed stubs match a fresh generation.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=lib/common.sh
+. scripts/lib/common.sh
 log() { echo "[regen-clients] $*" >&2; }
 
-missing=()
-for p in protobuf-compiler protoc-gen-go protoc-gen-go-grpc; do
-  dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$p")
-done
-command -v node >/dev/null 2>&1 || missing+=(nodejs)
-command -v npm >/dev/null 2>&1 || missing+=(npm)
-python3 -c 'import venv, ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
-if [ ${#missing[@]} -gt 0 ]; then
-  log "installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+install_debs protobuf-compiler protoc-gen-go protoc-gen-go-grpc
+need_node
+need_python_venv
 
 log "Python (examples/python)"
 venv=examples/python/.venv

@@ -9,6 +9,8 @@
 # them with cargo when it is unset. Exits non-zero if anything fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=lib/common.sh
+. scripts/lib/common.sh
 root=$PWD
 log() { echo "[test-go] $*" >&2; }
 
@@ -17,22 +19,9 @@ log() { echo "[test-go] $*" >&2; }
 # messages protoc-gen-go 1.28 generates (1.3 panics on the first reply).
 packages=(golang-go golang-google-grpc-dev golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev
   protoc-gen-go protoc-gen-go-grpc protobuf-compiler)
-missing=()
-for p in "${packages[@]}"; do
-  dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$p")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  log "installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+install_debs "${packages[@]}"
 
-if [ -z "${MTLS_BIN_DIR:-}" ]; then
-  log "MTLS_BIN_DIR unset: cargo build --locked --bins"
-  cargo build --locked --bins
-  export MTLS_BIN_DIR=$root/target/debug
-fi
+ensure_bins "$root"
 
 # GOPATH mode wants the package at GOPATH/src/IMPORT/PATH: link the example
 # there, in a throwaway GOPATH, and work through the link.

@@ -10,21 +10,14 @@
 # builds them with cargo when it is unset. Exits non-zero if anything fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=lib/common.sh
+. scripts/lib/common.sh
 root=$PWD
 log() { echo "[test-grpcurl] $*" >&2; }
 
-if ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
-  log "installing python3-venv"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
-fi
+need_python_venv
 
-if [ -z "${MTLS_BIN_DIR:-}" ]; then
-  log "MTLS_BIN_DIR unset: cargo build --locked --bins"
-  cargo build --locked --bins
-  export MTLS_BIN_DIR=$root/target/debug
-fi
+ensure_bins "$root"
 
 venv=examples/grpcurl/.venv
 [ -x "$venv/bin/python" ] || python3 -m venv "$venv"

