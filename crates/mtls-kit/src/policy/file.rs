@@ -9,95 +9,14 @@
 
 use std::collections::HashSet;
 
-use serde::Deserialize;
+use serde_json::{Map, Value};
 
-use super::PolicyError;
-
-// The serde model. Every field is optional so that a missing one is
-// reported by name below. An explicit `null` is not "absent": gRPC C++ and
-// Java refuse it (only Go's decoder lets it through), so it is refused here
-// with serde's "invalid type: null" error.
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PolicyJson {
-    #[serde(default, deserialize_with = "present")]
-    name: Option<String>,
-    #[serde(default, deserialize_with = "present")]
-    deny_rules: Option<Vec<RuleJson>>,
-    #[serde(default, deserialize_with = "present")]
-    allow_rules: Option<Vec<RuleJson>>,
-    #[serde(default, deserialize_with = "present")]
-    audit_logging_options: Option<AuditJson>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RuleJson {
-    #[serde(default, deserialize_with = "present")]
-    name: Option<String>,
-    #[serde(default, deserialize_with = "present")]
-    source: Option<SourceJson>,
-    #[serde(default, deserialize_with = "present")]
-    request: Option<RequestJson>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct SourceJson {
-    #[serde(default, deserialize_with = "present")]
-    principals: Option<Vec<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RequestJson {
-    #[serde(default, deserialize_with = "present")]
-    paths: Option<Vec<String>>,
-    #[serde(default, deserialize_with = "present")]
-    headers: Option<Vec<HeaderJson>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct HeaderJson {
-    #[serde(default, deserialize_with = "present")]
-    key: Option<String>,
-    #[serde(default, deserialize_with = "present")]
-    values: Option<Vec<String>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AuditJson {
-    #[serde(default, deserialize_with = "present")]
-    audit_condition: Option<AuditCondition>,
-    #[serde(default, deserialize_with = "present")]
-    audit_loggers: Option<Vec<AuditLoggerJson>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AuditLoggerJson {
-    #[serde(default, deserialize_with = "present")]
-    name: Option<String>,
-    #[serde(default, deserialize_with = "present")]
-    config: Option<serde_json::Map<String, serde_json::Value>>,
-    #[serde(default, deserialize_with = "present")]
-    is_optional: Option<bool>,
-}
-
-/// Reads a field that is present: `null` is an error, not "absent".
-fn present<'de, D, T>(de: D) -> Result<Option<T>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-    T: Deserialize<'de>,
-{
-    T::deserialize(de).map(Some)
-}
+use super::json::{self, Walk};
+use super::locate::{self, FieldPath};
+use super::{PolicyError, PolicyErrors};
 
 /// When decisions are audit-logged (gRFC A59).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[allow(non_camel_case_types)]
 pub enum AuditCondition {
     #[default]
@@ -108,6 +27,13 @@ pub enum AuditCondition {
 }
 
 impl AuditCondition {
+    const ALL: [(&'static str, Self); 4] = [
+        ("NONE", Self::NONE),
+        ("ON_DENY", Self::ON_DENY),
+        ("ON_ALLOW", Self::ON_ALLOW),
+        ("ON_DENY_AND_ALLOW", Self::ON_DENY_AND_ALLOW),
+    ];
+
     pub fn logs_allow(self) -> bool {
         matches!(self, Self::ON_ALLOW | Self::ON_DENY_AND_ALLOW)
     }
@@ -163,91 +89,158 @@ const UNSUPPORTED_HEADERS: &[&str] = &[
     "upgrade",
 ];
 
-fn invalid(field: impl Into<String>, message: impl Into<String>) -> PolicyError {
-    PolicyError::Invalid {
-        field: field.into(),
-        message: message.into(),
+const POLICY_FIELDS: &[&str] = &["name", "deny_rules", "allow_rules", "audit_logging_options"];
+const RULE_FIELDS: &[&str] = &["name", "source", "request"];
+const SOURCE_FIELDS: &[&str] = &["principals"];
+const REQUEST_FIELDS: &[&str] = &["paths", "headers"];
+const HEADER_FIELDS: &[&str] = &["key", "values"];
+const AUDIT_FIELDS: &[&str] = &["audit_condition", "audit_loggers"];
+const LOGGER_FIELDS: &[&str] = &["name", "config", "is_optional"];
+
+/// Parses and validates a policy document. On failure, every problem is
+/// reported (not only the first), in document order, each with its field
+/// path and, where the field exists, its line and column; a missing field
+/// points at the object that should hold it.
+pub fn parse(text: &str) -> Result<PolicySpec, PolicyErrors> {
+    let value = json::parse_value(text).map_err(|e| PolicyErrors(vec![e]))?;
+    if !value.is_object() {
+        // serde would read some of our types from an array; say what a
+        // policy is instead of what it is not.
+        return Err(PolicyErrors(vec![PolicyError::Invalid {
+            field: "(document)".to_owned(),
+            message: "a policy must be a JSON object".to_owned(),
+            at: None,
+        }]));
     }
+    let mut walk = Walk::default();
+    let spec = document(&mut walk, &value);
+    if walk.problems.is_empty() {
+        return Ok(spec);
+    }
+    let mut errors: Vec<PolicyError> = walk
+        .problems
+        .into_iter()
+        .map(|(field, message)| PolicyError::Invalid {
+            at: locate::locate(text, &field),
+            field: field.to_string(),
+            message,
+        })
+        .collect();
+    // The walk visits object keys in sorted order; report in file order.
+    errors.sort_by_key(PolicyError::position);
+    Err(PolicyErrors(errors))
 }
 
-/// Parses and validates a policy document.
-pub fn parse(json: &str) -> Result<PolicySpec, PolicyError> {
-    // serde would also read a struct from a JSON array; A43 documents are
-    // objects, and the error should say so rather than name our types.
-    let first = json.trim_start().chars().next();
-    if first.is_some() && first != Some('{') {
-        return Err(invalid("(document)", "a policy must be a JSON object"));
-    }
-    let de = &mut serde_json::Deserializer::from_str(json);
-    let doc: PolicyJson = serde_path_to_error::deserialize(de).map_err(|e| {
-        let field = e.path().to_string();
-        let inner = e.into_inner();
-        let field = if field == "." {
-            "(document)".to_owned()
-        } else {
-            field
-        };
-        invalid(field, inner.to_string())
-    })?;
+fn document(w: &mut Walk, v: &Value) -> PolicySpec {
+    let root = FieldPath::root();
+    let empty = Map::new();
+    let map = w.object(v, &root, POLICY_FIELDS).unwrap_or(&empty);
+    let name = required_name(w, map, &root);
 
-    let name = match doc.name {
-        Some(n) if !n.is_empty() => n,
-        _ => return Err(invalid("name", "is required and must not be empty")),
+    let deny_at = root.key("deny_rules");
+    let deny_rules = match w
+        .field(map, &root, "deny_rules")
+        .map(|v| w.array(v, &deny_at))
+    {
+        Some(Some([])) => {
+            w.problem(
+                &deny_at,
+                "is empty; leave it out instead (gRPC C++ refuses an empty list)",
+            );
+            Vec::new()
+        }
+        Some(Some(list)) => rules(w, list, &deny_at, "deny_rules"),
+        _ => Vec::new(),
     };
-    if doc.deny_rules.as_ref().is_some_and(Vec::is_empty) {
-        return Err(invalid(
-            "deny_rules",
-            "is empty; leave it out instead (gRPC C++ refuses an empty list)",
-        ));
-    }
-    let deny_rules = rules(doc.deny_rules.unwrap_or_default(), "deny_rules")?;
-    let allow_rules = rules(doc.allow_rules.unwrap_or_default(), "allow_rules")?;
-    if allow_rules.is_empty() {
-        return Err(invalid(
-            "allow_rules",
+
+    let allow_at = root.key("allow_rules");
+    let allow = w
+        .field(map, &root, "allow_rules")
+        .map(|v| w.array(v, &allow_at));
+    let allow_rules = match allow {
+        Some(Some(list)) => rules(w, list, &allow_at, "allow_rules"),
+        _ => Vec::new(),
+    };
+    // Absent or empty; a wrong type or null has been reported already.
+    let allow_wrong = matches!(allow, Some(None)) || map.get("allow_rules") == Some(&Value::Null);
+    if !allow_wrong && allow.flatten().is_none_or(<[Value]>::is_empty) {
+        w.problem(
+            &allow_at,
             "is required and must hold at least one rule (gRPC refuses a policy without one)",
-        ));
+        );
     }
-    let (audit_condition, audit_logger) = audit(doc.audit_logging_options)?;
-    Ok(PolicySpec {
+
+    let (audit_condition, audit_logger) = match w.field(map, &root, "audit_logging_options") {
+        Some(v) => audit(w, v, &root.key("audit_logging_options")),
+        None => (AuditCondition::NONE, false),
+    };
+    PolicySpec {
         name,
         deny_rules,
         allow_rules,
         audit_condition,
         audit_logger,
-    })
+    }
 }
 
-fn rules(list: Vec<RuleJson>, field: &str) -> Result<Vec<RuleSpec>, PolicyError> {
+/// The required, non-empty `name` of the object `map` at `at`.
+fn required_name(w: &mut Walk, map: &Map<String, Value>, at: &FieldPath) -> String {
+    let name_at = at.key("name");
+    match w.field(map, at, "name").map(|v| w.string(v, &name_at)) {
+        Some(Some(n)) if !n.is_empty() => return n.to_owned(),
+        Some(None) => {}                       // reported as a wrong type
+        None if map.contains_key("name") => {} // reported as null
+        _ => w.problem(&name_at, "is required and must not be empty"),
+    }
+    String::new()
+}
+
+fn rules(w: &mut Walk, list: &[Value], at: &FieldPath, list_name: &str) -> Vec<RuleSpec> {
     let mut seen = HashSet::new();
     let mut out = Vec::with_capacity(list.len());
-    for (i, rule) in list.into_iter().enumerate() {
-        let at = format!("{field}[{i}]");
-        let name = match rule.name {
-            Some(n) if !n.is_empty() => n,
-            _ => {
-                return Err(invalid(
-                    format!("{at}.name"),
-                    "is required and must not be empty",
-                ))
-            }
+    for (i, v) in list.iter().enumerate() {
+        let at = at.index(i);
+        let Some(rule) = w.object(v, &at, RULE_FIELDS) else {
+            continue;
         };
-        if !seen.insert(name.clone()) {
-            return Err(invalid(
-                format!("{at}.name"),
-                format!("duplicate rule name {name:?} in {field} (gRPC would silently keep only the last one)"),
-            ));
+        let name = required_name(w, rule, &at);
+        if !name.is_empty() && !seen.insert(name.clone()) {
+            w.problem(
+                &at.key("name"),
+                format!("duplicate rule name {name:?} in {list_name} (gRPC would silently keep only the last one)"),
+            );
         }
-        let principals = rule.source.and_then(|s| s.principals).unwrap_or_default();
-        let (paths, headers) = match rule.request {
-            Some(r) => (r.paths.unwrap_or_default(), r.headers.unwrap_or_default()),
-            None => (Vec::new(), Vec::new()),
-        };
-        let headers = headers
-            .into_iter()
-            .enumerate()
-            .map(|(j, h)| header(h, &format!("{at}.request.headers[{j}]")))
-            .collect::<Result<_, _>>()?;
+        let mut principals = Vec::new();
+        let source_at = at.key("source");
+        if let Some(source) = w.field(rule, &at, "source") {
+            if let Some(source) = w.object(source, &source_at, SOURCE_FIELDS) {
+                if let Some(p) = w.field(source, &source_at, "principals") {
+                    principals = w
+                        .strings(p, &source_at.key("principals"))
+                        .unwrap_or_default();
+                }
+            }
+        }
+        let (mut paths, mut headers) = (Vec::new(), Vec::new());
+        let request_at = at.key("request");
+        if let Some(request) = w.field(rule, &at, "request") {
+            if let Some(request) = w.object(request, &request_at, REQUEST_FIELDS) {
+                if let Some(p) = w.field(request, &request_at, "paths") {
+                    paths = w.strings(p, &request_at.key("paths")).unwrap_or_default();
+                }
+                let headers_at = request_at.key("headers");
+                if let Some(h) = w.field(request, &request_at, "headers") {
+                    for (j, h) in w
+                        .array(h, &headers_at)
+                        .unwrap_or_default()
+                        .iter()
+                        .enumerate()
+                    {
+                        headers.extend(header(w, h, &headers_at.index(j)));
+                    }
+                }
+            }
+        }
         out.push(RuleSpec {
             name,
             principals,
@@ -255,76 +248,114 @@ fn rules(list: Vec<RuleJson>, field: &str) -> Result<Vec<RuleSpec>, PolicyError>
             headers,
         });
     }
-    Ok(out)
+    out
 }
 
-fn header(h: HeaderJson, at: &str) -> Result<HeaderSpec, PolicyError> {
-    let key = match h.key {
-        Some(k) if !k.is_empty() => k.to_ascii_lowercase(),
+fn header(w: &mut Walk, v: &Value, at: &FieldPath) -> Option<HeaderSpec> {
+    let h = w.object(v, at, HEADER_FIELDS)?;
+    let key_at = at.key("key");
+    let key = match w.field(h, at, "key").map(|k| w.string(k, &key_at)) {
+        Some(Some(k)) if !k.is_empty() => Some(k.to_ascii_lowercase()),
+        Some(None) => None,
+        None if h.contains_key("key") => None,
         _ => {
-            return Err(invalid(
-                format!("{at}.key"),
-                "is required and must not be empty",
-            ))
+            w.problem(&key_at, "is required and must not be empty");
+            None
         }
     };
-    if key.starts_with(':')
-        || key.starts_with("grpc-")
-        || UNSUPPORTED_HEADERS.contains(&key.as_str())
-    {
-        return Err(invalid(
-            format!("{at}.key"),
-            format!("header {key:?} cannot be matched: pseudo-headers, grpc-* and hop-by-hop headers are not allowed"),
-        ));
+    let key = key.filter(|key| {
+        if key.starts_with(':')
+            || key.starts_with("grpc-")
+            || UNSUPPORTED_HEADERS.contains(&key.as_str())
+        {
+            w.problem(
+                &key_at,
+                format!("header {key:?} cannot be matched: pseudo-headers, grpc-* and hop-by-hop headers are not allowed"),
+            );
+            false
+        } else if http::HeaderName::from_bytes(key.as_bytes()).is_err() {
+            w.problem(
+                &key_at,
+                format!("{key:?} is not a valid HTTP/2 header name, so it could never match"),
+            );
+            false
+        } else {
+            true
+        }
+    });
+    let values_at = at.key("values");
+    let values = match w.field(h, at, "values") {
+        Some(v) => w.strings(v, &values_at),
+        None if h.contains_key("values") => None,
+        None => Some(Vec::new()),
+    };
+    if values.as_ref().is_some_and(Vec::is_empty) {
+        w.problem(&values_at, "is required and must hold at least one value");
     }
-    if http::HeaderName::from_bytes(key.as_bytes()).is_err() {
-        return Err(invalid(
-            format!("{at}.key"),
-            format!("{key:?} is not a valid HTTP/2 header name, so it could never match"),
-        ));
-    }
-    let values = h.values.unwrap_or_default();
-    if values.is_empty() {
-        return Err(invalid(
-            format!("{at}.values"),
-            "is required and must hold at least one value",
-        ));
-    }
-    Ok(HeaderSpec { key, values })
+    Some(HeaderSpec {
+        key: key?,
+        values: values.filter(|v| !v.is_empty())?,
+    })
 }
 
-fn audit(options: Option<AuditJson>) -> Result<(AuditCondition, bool), PolicyError> {
-    let Some(options) = options else {
-        return Ok((AuditCondition::NONE, false));
+/// The audit condition, and whether a usable audit logger is configured.
+fn audit(w: &mut Walk, v: &Value, at: &FieldPath) -> (AuditCondition, bool) {
+    let Some(options) = w.object(v, at, AUDIT_FIELDS) else {
+        return (AuditCondition::NONE, false);
+    };
+    let condition_at = at.key("audit_condition");
+    let condition = match w
+        .field(options, at, "audit_condition")
+        .map(|c| w.string(c, &condition_at))
+    {
+        Some(Some(c)) => match AuditCondition::ALL.iter().find(|(name, _)| *name == c) {
+            Some((_, condition)) => *condition,
+            None => {
+                let names: Vec<String> = AuditCondition::ALL
+                    .iter()
+                    .map(|(n, _)| format!("`{n}`"))
+                    .collect();
+                w.problem(
+                    &condition_at,
+                    format!(
+                        "unknown variant `{c}`, expected one of {}",
+                        names.join(", ")
+                    ),
+                );
+                AuditCondition::NONE
+            }
+        },
+        _ => AuditCondition::NONE,
     };
     let mut usable_logger = false;
-    for (i, logger) in options
-        .audit_loggers
-        .unwrap_or_default()
-        .into_iter()
-        .enumerate()
-    {
-        let at = format!("audit_logging_options.audit_loggers[{i}]");
-        let name = match logger.name {
-            Some(n) if !n.is_empty() => n,
-            _ => {
-                return Err(invalid(
-                    format!("{at}.name"),
-                    "is required and must not be empty",
-                ))
-            }
+    let loggers_at = at.key("audit_loggers");
+    let loggers = w
+        .field(options, at, "audit_loggers")
+        .and_then(|l| w.array(l, &loggers_at))
+        .unwrap_or_default();
+    for (i, logger) in loggers.iter().enumerate() {
+        let at = loggers_at.index(i);
+        let Some(logger) = w.object(logger, &at, LOGGER_FIELDS) else {
+            continue;
         };
+        let name = required_name(w, logger, &at);
         // The config object is the logger's own; stdout_logger takes none
         // that matters, so any object is accepted as gRPC does.
-        let _ = logger.config;
+        if let Some(config) = w.field(logger, &at, "config") {
+            w.any_object(config, &at.key("config"));
+        }
+        let optional = w
+            .field(logger, &at, "is_optional")
+            .and_then(|o| w.bool(o, &at.key("is_optional")))
+            .unwrap_or(false);
         if name == STDOUT_LOGGER {
             usable_logger = true;
-        } else if !logger.is_optional.unwrap_or(false) {
-            return Err(invalid(
-                format!("{at}.name"),
+        } else if !name.is_empty() && !optional {
+            w.problem(
+                &at.key("name"),
                 format!("unknown audit logger {name:?}: only {STDOUT_LOGGER:?} is available (mark others \"is_optional\": true to skip them)"),
-            ));
+            );
         }
     }
-    Ok((options.audit_condition.unwrap_or_default(), usable_logger))
+    (condition, usable_logger)
 }
