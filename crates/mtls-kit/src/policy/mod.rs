@@ -1,7 +1,8 @@
 //! gRPC authorization policies (gRFC A43): pure data in, a decision out.
 //!
-//! * [`file`] parses and validates the JSON document (with [`json`]'s
-//!   strict reading and [`locate`]'s line and column of each problem);
+//! * [`file`] parses and validates the JSON document (with `json`'s strict
+//!   reading, `schema`'s walk and [`locate`]'s line and column of each
+//!   problem);
 //! * [`pattern`] and [`engine`] compile it into indexes;
 //! * [`served`] and [`paths`] compare its paths with the methods a server
 //!   serves, and [`check`] puts it all together as a server loads a file;
@@ -26,6 +27,7 @@ mod json;
 pub mod locate;
 pub mod paths;
 pub mod pattern;
+mod schema;
 pub mod served;
 
 pub use check::{PathCheck, PolicyWarning};
