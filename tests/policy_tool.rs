@@ -245,6 +245,26 @@ fn explain_reads_the_identity_from_a_certificate() {
         "{}",
         stderr(&missing)
     );
+    // The peer is given one way, and must be given.
+    for peer in [
+        &[
+            "--cert",
+            "certs/admin.pem",
+            "--principal",
+            "spiffe://example.org/admin",
+        ][..],
+        &[],
+    ] {
+        let mut args = vec!["explain", policy_file.as_str(), "--method", "/a.B/C"];
+        args.extend_from_slice(peer);
+        let out = policy_in(dir.path(), &args);
+        assert_eq!(out.status.code(), Some(2), "{peer:?}");
+        assert!(
+            stderr(&out).contains("--cert <CERT>|--principal <NAME>"),
+            "{}",
+            stderr(&out)
+        );
+    }
 }
 
 #[test]

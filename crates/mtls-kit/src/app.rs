@@ -18,7 +18,9 @@ pub async fn serve(
     identities: &DevIdentities,
     services: Services,
 ) -> anyhow::Result<()> {
-    let served = services.served_methods()?;
+    let served = services
+        .served_methods()
+        .map_err(|e| anyhow::anyhow!("reading the services' descriptor sets: {e}"))?;
     let (parts, reloader) = config::load(args, identities, served)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await

@@ -61,12 +61,13 @@ pub fn check_text(text: &str, served: Option<&ServedMethods>) -> Report {
             warnings: Vec::new(),
         },
         Ok(spec) => {
+            let mut locator = locate::Locator::new(text);
             let warnings = served
                 .map(|served| paths::check(&spec, served))
                 .unwrap_or_default()
                 .into_iter()
                 .map(|w| PolicyWarning {
-                    at: locate::locate(text, &w.field),
+                    at: locator.locate(&w.field),
                     field: w.field.to_string(),
                     message: w.message(),
                 })

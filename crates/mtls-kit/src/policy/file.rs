@@ -106,11 +106,12 @@ pub fn parse(text: &str) -> Result<PolicySpec, PolicyErrors> {
     if walk.problems.is_empty() {
         return Ok(spec);
     }
+    let mut locator = locate::Locator::new(text);
     let mut errors: Vec<PolicyError> = walk
         .problems
         .into_iter()
         .map(|(field, message)| PolicyError::Invalid {
-            at: locate::locate(text, &field),
+            at: locator.locate(&field),
             field: field.to_string(),
             message,
         })

@@ -79,35 +79,87 @@ impl fmt::Display for FieldPath {
 
 /// Where `path` is in `text`: the position of the value at `path`, or, if
 /// the path does not exist (a missing field), of its deepest ancestor that
-/// does. `None` if `text` is not JSON at all.
+/// does. `None` if `text` is not JSON at all. To locate many paths in one
+/// text, use a [`Locator`].
 pub fn locate(text: &str, path: &FieldPath) -> Option<Position> {
-    let mut raw: &RawValue = serde_json::from_str(text).ok()?;
-    for step in path.steps() {
-        let child = match step {
-            Step::Key(k) => serde_json::from_str::<HashMap<String, &RawValue>>(raw.get())
-                .ok()
-                .and_then(|mut map| map.remove(k)),
-            Step::Index(i) => serde_json::from_str::<Vec<&RawValue>>(raw.get())
-                .ok()
-                .and_then(|list| list.get(*i).copied()),
-        };
-        match child {
-            Some(c) => raw = c,
-            None => break,
-        }
-    }
-    let offset = (raw.get().as_ptr() as usize).checked_sub(text.as_ptr() as usize)?;
-    Some(position_of(text, offset))
+    Locator::new(text).locate(path)
 }
 
-/// The line and column of byte `offset` in `text`.
-fn position_of(text: &str, offset: usize) -> Position {
-    let before = &text[..offset.min(text.len())];
-    let line = before.matches('\n').count() + 1;
-    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
-    Position {
-        line,
-        column: before[line_start..].chars().count() + 1,
+/// Locates many paths in one text. Each JSON value on the way is split into
+/// its children once and remembered, and lines are indexed once, so that a
+/// large policy with many problems is not re-read for each one.
+pub struct Locator<'t> {
+    text: &'t str,
+    root: Option<&'t RawValue>,
+    /// Children of the values already split, by the value's byte offset.
+    children: HashMap<usize, Children<'t>>,
+    /// Byte offsets where lines start.
+    line_starts: Vec<usize>,
+}
+
+enum Children<'t> {
+    Object(HashMap<String, &'t RawValue>),
+    Array(Vec<&'t RawValue>),
+    Scalar,
+}
+
+impl<'t> Locator<'t> {
+    pub fn new(text: &'t str) -> Self {
+        let line_starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        Self {
+            text,
+            root: serde_json::from_str(text).ok(),
+            children: HashMap::new(),
+            line_starts,
+        }
+    }
+
+    /// As [`locate`].
+    pub fn locate(&mut self, path: &FieldPath) -> Option<Position> {
+        let mut raw = self.root?;
+        for step in path.steps() {
+            let offset = self.offset(raw);
+            let children = self.children.entry(offset).or_insert_with(|| {
+                let json = raw.get();
+                if let Ok(map) = serde_json::from_str(json) {
+                    Children::Object(map)
+                } else if let Ok(list) = serde_json::from_str(json) {
+                    Children::Array(list)
+                } else {
+                    Children::Scalar
+                }
+            });
+            let child = match (step, &*children) {
+                (Step::Key(k), Children::Object(map)) => map.get(k).copied(),
+                (Step::Index(i), Children::Array(list)) => list.get(*i).copied(),
+                _ => None,
+            };
+            match child {
+                Some(c) => raw = c,
+                None => break,
+            }
+        }
+        Some(self.position_of(self.offset(raw)))
+    }
+
+    /// The byte offset of `raw`, a slice of the text, in the text.
+    fn offset(&self, raw: &RawValue) -> usize {
+        (raw.get().as_ptr() as usize).saturating_sub(self.text.as_ptr() as usize)
+    }
+
+    fn position_of(&self, offset: usize) -> Position {
+        let line = self.line_starts.partition_point(|&start| start <= offset);
+        let start = self.line_starts[line.saturating_sub(1)];
+        let column = self
+            .text
+            .get(start..offset)
+            .map_or(0, |s| s.chars().count());
+        Position {
+            line,
+            column: column + 1,
+        }
     }
 }
 

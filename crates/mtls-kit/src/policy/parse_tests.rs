@@ -166,3 +166,23 @@ fn syntax_errors_and_duplicate_keys_carry_a_position() {
         ("(document)", "duplicate field `name`")
     );
 }
+
+#[test]
+fn a_large_policy_with_an_error_in_every_rule_is_located_in_one_pass() {
+    // One problem per rule, 20,000 rules: each must be located without
+    // re-reading the whole document for each one.
+    let rules: Vec<String> = (0..20_000)
+        .map(|i| format!("{{\"name\": \"r{i}\", \"sauce\": 1}}"))
+        .collect();
+    let text = format!(
+        "{{\"name\": \"p\", \"allow_rules\": [\n{}\n]}}",
+        rules.join(",\n")
+    );
+    let all = errors(&text);
+    assert_eq!(all.len(), 20_000);
+    let last = all.last().unwrap();
+    assert_eq!(
+        last.to_string(),
+        "allow_rules[19999].sauce: unknown field `sauce`, expected one of `name`, `source`, `request` (line 20001, column 29)"
+    );
+}

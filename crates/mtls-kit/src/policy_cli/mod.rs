@@ -55,8 +55,10 @@ pub enum PolicyCommand {
     },
 }
 
-/// `policy explain`'s inputs.
+/// `policy explain`'s inputs. The peer is given one way: a certificate, or
+/// principal names.
 #[derive(clap::Args, Debug, Clone)]
+#[command(group(clap::ArgGroup::new("peer").required(true).args(["cert", "principals"])))]
 pub struct ExplainArgs {
     /// The policy file.
     pub file: PathBuf,
@@ -64,11 +66,7 @@ pub struct ExplainArgs {
     #[arg(long)]
     pub method: String,
     /// The peer's certificate (PEM; the first certificate is the leaf).
-    #[arg(
-        long,
-        required_unless_present = "principals",
-        conflicts_with = "principals"
-    )]
+    #[arg(long)]
     pub cert: Option<PathBuf>,
     /// A principal name of the peer (repeatable): a URI such as a SPIFFE ID
     /// (contains `://`) is a URI SAN, a name with `=` is the Subject in
