@@ -7,7 +7,7 @@
 //!   "cases": [
 //!     { "name": "readers read",
 //!       "principals": ["spiffe://example.org/reader"],
-//!       "method": "/inventory.v1.Inventory/GetItem",
+//!       "method": "/shop.v1.Catalog/GetItem",
 //!       "expect": "allow", "rule": "readers-read" },
 //!     { "cert": "../certs/outsider.pem", "method": "/grpc.health.v1.Health/Check",
 //!       "headers": ["x-env: prod"], "expect": "deny" }
@@ -183,4 +183,78 @@ pub fn run(
     }
     let _ = writeln!(out, "{passed} passed, {failed} failed");
     Ok(failed == 0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::{CertificateAuthority, LeafSpec};
+    use crate::policy::file;
+
+    const POLICY: &str = r#"{"name": "p",
+        "deny_rules": [{"name": "no-canary", "request": {"headers": [{"key": "x-canary", "values": ["*"]}]}}],
+        "allow_rules": [{"name": "readers", "source": {"principals": ["spiffe://example.org/reader"]}}]}"#;
+
+    fn run_cases(cases: &str) -> (Result<bool, String>, String) {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = CertificateAuthority::new("test CA", 1).unwrap();
+        let reader = ca
+            .issue(&LeafSpec::dev_client("example.org", "reader"))
+            .unwrap();
+        std::fs::create_dir(dir.path().join("certs")).unwrap();
+        std::fs::write(dir.path().join("certs/reader.pem"), &reader.cert_pem).unwrap();
+        let path = dir.path().join("cases.json");
+        std::fs::write(&path, cases).unwrap();
+        let spec = file::parse(POLICY).unwrap();
+        let mut out = Vec::new();
+        let result = run(
+            &Policy::compile(&spec),
+            &spec,
+            &ServedMethods::new(),
+            &path,
+            &mut out,
+        );
+        (result, String::from_utf8(out).unwrap())
+    }
+
+    #[test]
+    fn certificates_are_found_next_to_the_case_file_and_headers_are_sent() {
+        let (result, out) = run_cases(
+            r#"{"cases": [
+                {"cert": "certs/reader.pem", "method": "/a.B/C", "expect": "allow", "rule": "readers"},
+                {"cert": "certs/reader.pem", "method": "/a.B/C", "headers": ["x-canary: 1"],
+                 "expect": "deny", "rule": "no-canary"},
+                {"principals": ["other.internal"], "method": "/a.B/C", "expect": "deny", "rule": null}
+            ]}"#,
+        );
+        assert_eq!(result, Ok(true), "{out}");
+        assert_eq!(out, "3 passed, 0 failed\n");
+    }
+
+    #[test]
+    fn unusable_cases_are_all_reported_before_any_runs() {
+        let (result, out) = run_cases(
+            r#"{"cases": [
+                {"cert": "certs/nobody.pem", "method": "/a.B/C", "expect": "allow"},
+                {"principals": ["x"], "cert": "certs/reader.pem", "method": "/a.B/C", "expect": "allow"},
+                {"principals": ["x"], "method": "/a.B/C", "headers": ["novalue"], "expect": "allow"}
+            ]}"#,
+        );
+        let e = result.unwrap_err();
+        let lines: Vec<&str> = e.lines().collect();
+        assert_eq!(lines.len(), 3, "{e}");
+        assert!(
+            lines[0].contains("cases[0].cert: ") && lines[0].contains("nobody.pem"),
+            "{e}"
+        );
+        assert!(
+            lines[1].ends_with("cases[1]: give exactly one of `principals` and `cert`"),
+            "{e}"
+        );
+        assert!(
+            lines[2].ends_with("cases[2].headers: \"novalue\" is not key:value"),
+            "{e}"
+        );
+        assert_eq!(out, "");
+    }
 }
