@@ -347,3 +347,49 @@ fn certs_revoke_and_sighup_cut_a_client_off() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+#[test]
+fn a_typo_in_a_policy_path_warns_by_default_and_stops_startup_when_strict() {
+    let dir = project_dir();
+    let policy = dir.path().join("config/policy.json");
+    let shipped = std::fs::read_to_string(&policy).unwrap();
+    std::fs::write(
+        &policy,
+        shipped.replace("Inventory/Purge", "Inventory/purge"),
+    )
+    .unwrap();
+
+    // Default: it serves (gRPC would load this policy too) and says why not to.
+    let (mut server, _, log) = start_server(dir.path(), &[]);
+    let warning = log
+        .iter()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|e| e["message"] == "policy warning")
+        .unwrap_or_else(|| panic!("no policy warning: {log:#?}"));
+    let warning = warning["warning"].as_str().unwrap();
+    assert!(
+        warning.starts_with("policy file config/policy.json: allow_rules[4].request.paths[0]: rule \"admins-administer\": path \"/inventory.v1.Inventory/purge\"")
+            && warning.contains("did you mean \"/inventory.v1.Inventory/Purge\"? (paths are case-sensitive)"),
+        "{warning}"
+    );
+    server.kill().unwrap();
+    server.wait().unwrap();
+
+    // Strict, by flag or by environment: refused before listening.
+    for strict in [
+        Command::new(SERVER).arg("--strict-policy-paths"),
+        Command::new(SERVER).env("SERVER_STRICT_POLICY_PATHS", "true"),
+    ] {
+        let out = run(strict
+            .current_dir(dir.path())
+            .args(["--listen", "127.0.0.1:0"]));
+        assert_eq!(out.status.code(), Some(1));
+        let err = stderr(&out);
+        assert!(!err.contains("listening"), "{err}");
+        assert!(err.contains(warning), "{err}");
+        assert!(
+            err.contains("refused: 1 path(s) match no served method"),
+            "{err}"
+        );
+    }
+}

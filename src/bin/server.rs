@@ -1,27 +1,43 @@
 //! The server binary: parse flags, set up logging, serve until SIGINT or
-//! SIGTERM. Everything else is the kit's.
+//! SIGTERM; or, with `policy ...`, check, explain or test a policy offline
+//! against the methods this server serves. Everything else is the kit's.
 
 use std::process::ExitCode;
 
-use clap::Parser;
+use clap::{Parser, Subcommand};
 use inventory_service::{services, DEV_IDENTITIES};
 use mtls_kit::config::ServerArgs;
+use mtls_kit::policy_cli::{self, PolicyCommand};
 use mtls_kit::{app, telemetry};
 
 /// gRPC server with mutual TLS and per-RPC authorization (gRFC A43 policies).
+/// Without a subcommand, it serves.
 #[derive(Parser, Debug)]
 #[command(name = "server", version)]
 struct Args {
+    #[command(subcommand)]
+    command: Option<Command>,
     #[command(flatten)]
     server: ServerArgs,
     // TEMPLATE: add your service's own flags here, each with an `env`.
 }
 
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Check, explain and test an authorization policy offline (no
+    /// listener, no certificates), against the methods this server serves.
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    telemetry::init(args.server.log_format);
     let services = services(&args.server.limits());
+    if let Some(Command::Policy(cmd)) = &args.command {
+        return policy_cli::main(cmd, &services);
+    }
+    telemetry::init(args.server.log_format);
     match app::serve(&args.server, &DEV_IDENTITIES, services).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

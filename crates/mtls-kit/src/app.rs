@@ -18,7 +18,10 @@ pub async fn serve(
     identities: &DevIdentities,
     services: Services,
 ) -> anyhow::Result<()> {
-    let (parts, reloader) = config::load(args, identities)?;
+    let served = services
+        .served_methods()
+        .map_err(|e| anyhow::anyhow!("reading the services' descriptor sets: {e}"))?;
+    let (parts, reloader) = config::load(args, identities, served)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| anyhow::anyhow!("--listen {}: {e}", args.listen))?;

@@ -15,6 +15,7 @@ use tracing::{info, warn};
 
 use crate::certs_cli::{parse_trust_domain, DevIdentities};
 use crate::pki::{self, DevPkiOptions, DevPkiPaths};
+use crate::policy::{PathCheck, ServedMethods};
 use crate::reload::{ServerReloader, ServerSources, WatchSettings};
 use crate::server::{Limits, ServerParts};
 use crate::telemetry::LogFormat;
@@ -114,6 +115,12 @@ pub struct ServerArgs {
     /// as "would-deny"). For rolling out a new policy safely.
     #[arg(long, env = "SERVER_DRY_RUN")]
     pub dry_run: bool,
+
+    /// Refuse a policy (at startup, and on reload, keeping the old one) with
+    /// a path that matches no method this server serves, instead of loading
+    /// it with a warning. Off by default: every policy gRPC accepts loads.
+    #[arg(long, env = "SERVER_STRICT_POLICY_PATHS")]
+    pub strict_policy_paths: bool,
 
     /// Reload on file system events for the certificate, key, CA, CRL and
     /// policy files.
@@ -247,10 +254,13 @@ fn server_cert_expired(path: &Path) -> Option<bool> {
 }
 
 /// Reads and checks everything the server needs. Reports every problem,
-/// not just the first. The returned reloader re-reads the same files later.
+/// not just the first. The policy's paths are checked against `served`
+/// (the methods the server serves). The returned reloader re-reads the same
+/// files later, with the same checks.
 pub fn load(
     args: &ServerArgs,
     identities: &DevIdentities,
+    served: ServedMethods,
 ) -> Result<(ServerParts, Arc<ServerReloader>), ConfigErrors> {
     let files = args.tls_files(identities)?;
     let sources = ServerSources {
@@ -259,6 +269,10 @@ pub fn load(
         client_ca: files.client_ca.clone(),
         crls: args.crls.clone(),
         policy: args.policy.clone(),
+        policy_check: PathCheck {
+            served: Some(Arc::new(served)),
+            strict: args.strict_policy_paths,
+        },
         tls: ServerTlsOptions {
             min_version: args.min_tls_version,
         },

@@ -13,6 +13,8 @@
 //!   out (SPIFFE/URI SANs, DNS SANs, Subject as gRPC renders it);
 //! * [`policy`]: the A43 policy as pure data, compiled to an index, and the
 //!   pure decision function;
+//! * [`policy_cli`]: `policy check | explain | test`, the operator's tools
+//!   a service's server binary offers as a subcommand;
 //! * [`authz`]: the tower layer that enforces the decision on every RPC;
 //! * [`server`]: runs any set of tonic [`server::Services`] with limits,
 //!   health, reflection and graceful shutdown;
@@ -40,6 +42,7 @@ pub mod conn;
 pub mod identity;
 pub mod pki;
 pub mod policy;
+pub mod policy_cli;
 pub mod reload;
 pub mod rfc2253;
 pub mod server;

@@ -27,7 +27,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 use crate::authz::SharedPolicy;
-use crate::policy::Policy;
+use crate::policy::{check, PathCheck, Policy};
 use crate::tls::{
     self, CertifiedKeyFiles, ClientTlsOptions, RevocationLists, ServerTlsOptions, TrustAnchors,
 };
@@ -131,6 +131,9 @@ pub struct ServerSources {
     pub client_ca: PathBuf,
     pub crls: Vec<PathBuf>,
     pub policy: PathBuf,
+    /// How the policy's paths are checked against the served methods, at
+    /// load and on every reload.
+    pub policy_check: PathCheck,
     pub tls: ServerTlsOptions,
 }
 
@@ -185,10 +188,17 @@ impl ServerSources {
         }
     }
 
+    /// Builds the policy, logging its warnings. Errors list every problem
+    /// in the file, one per line, so that an operator fixes them in one go.
     fn build_policy(&self, contents: &[Vec<u8>]) -> Result<Policy, String> {
         let text = std::str::from_utf8(&contents[0])
             .map_err(|e| format!("policy file {}: not UTF-8: {e}", self.policy.display()))?;
-        Policy::from_json(text).map_err(|e| format!("policy file {}: {e}", self.policy.display()))
+        let loaded =
+            check::load(&self.policy, text, &self.policy_check).map_err(|e| e.join("\n"))?;
+        for w in &loaded.warnings {
+            warn!(warning = %w, "policy warning");
+        }
+        Ok(loaded.policy)
     }
 }
 

@@ -24,6 +24,7 @@ use tracing::{info, warn};
 
 use crate::authz::{AuthzLayer, SharedPolicy};
 use crate::conn::{accept_loop, AcceptSettings};
+use crate::policy::ServedMethods;
 
 /// Transport limits. tonic leaves most of these unlimited by default; each
 /// is set explicitly here.
@@ -150,6 +151,25 @@ impl Services {
     /// The names of the services added so far.
     pub fn names(&self) -> &[&'static str] {
         &self.names
+    }
+
+    /// Every method the server will serve: those in the added descriptor
+    /// sets, plus health and reflection (v1 and v1alpha), which [`run`]
+    /// always adds. A service added without a descriptor set is listed as
+    /// one whose methods are unknown. For checking a policy's paths.
+    pub fn served_methods(&self) -> Result<ServedMethods, prost::DecodeError> {
+        let mut served = ServedMethods::new();
+        for set in self.descriptor_sets.iter().copied().chain([
+            tonic_health::pb::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+        ]) {
+            served.add_descriptor_set(set)?;
+        }
+        for name in &self.names {
+            served.add_opaque_service(name);
+        }
+        Ok(served)
     }
 }
 

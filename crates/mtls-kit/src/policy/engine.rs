@@ -14,12 +14,14 @@
 //! shapes against a plain scan.
 
 use std::borrow::Cow;
+use std::ops::ControlFlow;
 
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
 use base64::Engine;
 use http::{HeaderMap, HeaderName};
 
+use super::explain::{Miss, RuleList, RuleOutcome, RuleTrace};
 use super::file::RuleSpec;
 use super::pattern::{Buckets, Pattern, PatternIndex, PatternSet};
 use crate::identity::PeerIdentity;
@@ -45,6 +47,13 @@ const BIN_ENGINE: GeneralPurpose = GeneralPurpose::new(
     GeneralPurposeConfig::new().with_decode_padding_mode(DecodePaddingMode::Indifferent),
 );
 
+/// What one header condition found in a request.
+enum HeaderOutcome {
+    Absent,
+    Mismatch,
+    Match,
+}
+
 #[derive(Debug)]
 struct HeaderCondition {
     name: HeaderName,
@@ -56,15 +65,24 @@ impl HeaderCondition {
     /// gRPC joins repeated metadata with `,` in arrival order and matches
     /// `-bin` metadata on its decoded bytes. An absent header matches
     /// nothing, not even `"*"`.
-    fn matches(&self, headers: &HeaderMap) -> Result<bool, MalformedMetadata> {
+    fn check(&self, headers: &HeaderMap) -> Result<HeaderOutcome, MalformedMetadata> {
+        let outcome = |matched| {
+            if matched {
+                HeaderOutcome::Match
+            } else {
+                HeaderOutcome::Mismatch
+            }
+        };
         let mut values = headers.get_all(&self.name).iter();
         let Some(first) = values.next() else {
-            return Ok(false);
+            return Ok(HeaderOutcome::Absent);
         };
         let second = values.next();
         // The common case, one plain value, is matched in place.
         if second.is_none() && !self.binary {
-            return Ok(self.values.matches_any(std::iter::once(first.as_bytes())));
+            return Ok(outcome(
+                self.values.matches_any(std::iter::once(first.as_bytes())),
+            ));
         }
         fn bytes(binary: bool, v: &http::HeaderValue) -> Result<Cow<'_, [u8]>, MalformedMetadata> {
             if binary {
@@ -81,8 +99,16 @@ impl HeaderCondition {
             joined.push(b',');
             joined.extend_from_slice(&bytes(self.binary, v)?);
         }
-        Ok(self.values.matches_any(std::iter::once(joined.as_slice())))
+        Ok(outcome(
+            self.values.matches_any(std::iter::once(joined.as_slice())),
+        ))
     }
+}
+
+/// A rule's header `index` holds binary metadata that is not valid base64,
+/// and every condition before it was met.
+struct MalformedAt {
+    header: usize,
 }
 
 #[derive(Debug)]
@@ -94,26 +120,56 @@ struct Rule {
 }
 
 impl Rule {
-    fn matches(
+    /// Checks the rule's conditions in order (path, principals, then each
+    /// header), telling `miss` about each one the request does not meet;
+    /// `miss` says whether to go on. Returns whether all were met.
+    ///
+    /// Decisions ([`Self::matches`]) and explanations
+    /// ([`RuleSet::explain`]) both go through here, so they cannot disagree
+    /// on what a rule matches. Malformed binary metadata is an error only
+    /// when every earlier condition was met, as it is for a decision, which
+    /// stops at the first miss.
+    fn check(
         &self,
         peer: &PeerIdentity,
         req: &RpcRequest<'_>,
-    ) -> Result<bool, MalformedMetadata> {
-        if !self.paths.matches_any(std::iter::once(req.path.as_bytes())) {
+        mut miss: impl FnMut(Miss) -> ControlFlow<()>,
+    ) -> Result<bool, MalformedAt> {
+        let mut met = true;
+        let mut missed = |m: Miss, met: &mut bool| {
+            *met = false;
+            miss(m).is_break()
+        };
+        if !self.paths.matches_any(std::iter::once(req.path.as_bytes()))
+            && missed(Miss::Path, &mut met)
+        {
             return Ok(false);
         }
         if !self
             .principals
             .matches_any(peer.principal_names().map(str::as_bytes))
+            && missed(Miss::Principals, &mut met)
         {
             return Ok(false);
         }
-        for h in &self.headers {
-            if !h.matches(req.headers)? {
+        for (index, h) in self.headers.iter().enumerate() {
+            let m = match h.check(req.headers) {
+                Ok(HeaderOutcome::Match) => continue,
+                Ok(HeaderOutcome::Absent) => Miss::HeaderAbsent { index },
+                Ok(HeaderOutcome::Mismatch) => Miss::HeaderValue { index },
+                Err(MalformedMetadata) if met => return Err(MalformedAt { header: index }),
+                Err(MalformedMetadata) => Miss::HeaderMalformed { index },
+            };
+            if missed(m, &mut met) {
                 return Ok(false);
             }
         }
-        Ok(true)
+        Ok(met)
+    }
+
+    /// Whether the rule matches; stops at the first condition not met.
+    fn matches(&self, peer: &PeerIdentity, req: &RpcRequest<'_>) -> Result<bool, MalformedAt> {
+        self.check(peer, req, |_| ControlFlow::Break(()))
     }
 }
 
@@ -197,20 +253,69 @@ impl RuleSet {
         };
 
         // Each bucket is sorted; within a bucket stop at the first match,
-        // and skip ids past the best match found so far.
-        let mut best: Option<u32> = None;
+        // and skip ids past the best match found so far. A rule that cannot
+        // be evaluated (malformed binary metadata) counts at its own place
+        // in policy order, as in a scan: buckets are visited in no
+        // particular order, so returning at the first such rule could let a
+        // later rule's bad metadata override an earlier rule's match.
+        let mut best: Option<(u32, bool)> = None;
         for bucket in candidates {
             for &id in bucket {
-                if best.is_some_and(|b| id >= b) {
+                if best.is_some_and(|(b, _)| id >= b) {
                     break;
                 }
-                if self.rules[id as usize].matches(peer, req)? {
-                    best = Some(id);
-                    break;
+                match self.rules[id as usize].matches(peer, req) {
+                    Ok(false) => continue,
+                    Ok(true) => best = Some((id, false)),
+                    Err(_) => best = Some((id, true)),
                 }
+                break;
             }
         }
-        Ok(best.map(|id| self.rules[id as usize].name.as_str()))
+        match best {
+            None => Ok(None),
+            Some((_, true)) => Err(MalformedMetadata),
+            Some((id, false)) => Ok(Some(self.rules[id as usize].name.as_str())),
+        }
+    }
+
+    /// What [`Self::first_match`] decides, found by a plain scan in policy
+    /// order, with the outcome of every rule checked appended to `trace`.
+    /// The scan stops where the decision is made.
+    pub fn explain<'a>(
+        &'a self,
+        list: RuleList,
+        peer: &PeerIdentity,
+        req: &RpcRequest<'_>,
+        trace: &mut Vec<RuleTrace<'a>>,
+    ) -> Result<Option<&'a str>, MalformedMetadata> {
+        for (index, rule) in self.rules.iter().enumerate() {
+            let mut misses = Vec::new();
+            let checked = rule.check(peer, req, |m| {
+                misses.push(m);
+                ControlFlow::Continue(())
+            });
+            let outcome = match checked {
+                Ok(true) => RuleOutcome::Matched,
+                Ok(false) => RuleOutcome::Missed(misses),
+                Err(MalformedAt { header }) => RuleOutcome::Malformed { header },
+            };
+            let decided = !matches!(outcome, RuleOutcome::Missed(_));
+            let malformed = matches!(outcome, RuleOutcome::Malformed { .. });
+            trace.push(RuleTrace {
+                list,
+                index,
+                name: &rule.name,
+                outcome,
+            });
+            if malformed {
+                return Err(MalformedMetadata);
+            }
+            if decided {
+                return Ok(Some(&rule.name));
+            }
+        }
+        Ok(None)
     }
 }
 

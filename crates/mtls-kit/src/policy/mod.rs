@@ -1,9 +1,14 @@
 //! gRPC authorization policies (gRFC A43): pure data in, a decision out.
 //!
-//! * [`file`] parses and validates the JSON document;
+//! * [`file`] parses and validates the JSON document (with `json`'s strict
+//!   reading, `schema`'s walk and [`locate`]'s line and column of each
+//!   problem);
 //! * [`pattern`] and [`engine`] compile it into indexes;
+//! * [`served`] and [`paths`] compare its paths with the methods a server
+//!   serves, and [`check`] puts it all together as a server loads a file;
 //! * [`Policy::decide`] is the pure decision function the enforcement layer
-//!   ([`crate::authz`]) calls.
+//!   ([`crate::authz`]) calls; [`Policy::explain`] (in [`explain`]) reaches
+//!   the same decision and says why, for operators' tools.
 //!
 //! Semantics, as gRPC's C++, Go and Java implementations apply them: deny
 //! rules are checked before allow rules, and a request no allow rule matches
@@ -14,23 +19,80 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod check;
 pub mod engine;
+pub mod explain;
 pub mod file;
+mod json;
+pub mod locate;
+pub mod paths;
 pub mod pattern;
+mod schema;
+pub mod served;
 
+pub use check::{PathCheck, PolicyWarning};
 pub use engine::RpcRequest;
+pub use explain::{Explanation, Miss, RuleList, RuleOutcome, RuleTrace};
 pub use file::{AuditCondition, PolicySpec};
+pub use locate::Position;
+pub use served::ServedMethods;
 
 use crate::identity::PeerIdentity;
 use engine::RuleSet;
 
-/// Why a policy document is invalid. `field` is a path into the document,
-/// such as `allow_rules[2].request.headers[0].key`.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+/// One reason a policy document is invalid. `field` is a path into the
+/// document, such as `allow_rules[2].request.headers[0].key`; `at` is where
+/// that field is in the text, when it is known. Displays as
+/// `field: message (line L, column C)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PolicyError {
-    #[error("{field}: {message}")]
-    Invalid { field: String, message: String },
+    Invalid {
+        field: String,
+        message: String,
+        at: Option<Position>,
+    },
 }
+
+impl PolicyError {
+    /// Where the problem is in the text, if known.
+    pub fn position(&self) -> Option<Position> {
+        match self {
+            PolicyError::Invalid { at, .. } => *at,
+        }
+    }
+}
+
+impl std::fmt::Display for PolicyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let PolicyError::Invalid { field, message, at } = self;
+        write!(f, "{field}: {message}")?;
+        if let Some(at) = at {
+            write!(f, " ({at})")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for PolicyError {}
+
+/// Every reason a policy document is invalid, in document order (never
+/// empty). Displays one per line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PolicyErrors(pub Vec<PolicyError>);
+
+impl std::fmt::Display for PolicyErrors {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("\n")?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for PolicyErrors {}
 
 /// A policy file that could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -40,8 +102,19 @@ pub enum PolicyLoadError {
         path: PathBuf,
         source: std::io::Error,
     },
-    #[error("policy file {}: {source}", path.display())]
-    Invalid { path: PathBuf, source: PolicyError },
+    /// Every problem, one per line, each prefixed with the file.
+    #[error("{}", prefixed(path, source))]
+    Invalid { path: PathBuf, source: PolicyErrors },
+}
+
+/// `policy file F: <error>` for each error, one per line.
+pub(crate) fn prefixed(path: &Path, errors: &PolicyErrors) -> String {
+    let lines: Vec<String> = errors
+        .0
+        .iter()
+        .map(|e| format!("policy file {}: {e}", path.display()))
+        .collect();
+    lines.join("\n")
 }
 
 /// The outcome of one authorization decision. Rule names borrow from the
@@ -100,8 +173,22 @@ pub struct Policy {
 }
 
 impl Policy {
-    /// Parses, validates and compiles a policy document.
+    /// Parses, validates and compiles a policy document. On failure,
+    /// returns the first problem in the document; [`Self::from_json_all`]
+    /// returns all of them.
     pub fn from_json(json: &str) -> Result<Self, PolicyError> {
+        Self::from_json_all(json).map_err(|all| {
+            all.0.into_iter().next().unwrap_or(PolicyError::Invalid {
+                field: "(document)".to_owned(),
+                message: "invalid".to_owned(),
+                at: None,
+            })
+        })
+    }
+
+    /// Parses, validates and compiles a policy document, reporting every
+    /// problem on failure.
+    pub fn from_json_all(json: &str) -> Result<Self, PolicyErrors> {
         Ok(Self::compile(&file::parse(json)?))
     }
 
@@ -111,7 +198,7 @@ impl Policy {
             path: path.to_owned(),
             source,
         })?;
-        Self::from_json(&json).map_err(|source| PolicyLoadError::Invalid {
+        Self::from_json_all(&json).map_err(|source| PolicyLoadError::Invalid {
             path: path.to_owned(),
             source,
         })
@@ -148,19 +235,19 @@ impl Policy {
 
     /// Decides one RPC: deny rules first, then allow rules, deny if neither
     /// matched.
+    /// [`Policy::explain`] reaches the same decision through the same
+    /// per-rule matcher, and says why.
     pub fn decide(&self, peer: &PeerIdentity, req: &RpcRequest<'_>) -> Decision<'_> {
-        match self.deny.first_match(peer, req) {
-            Err(_) => return Decision::DenyMalformed,
-            Ok(Some(rule)) => return Decision::DenyByRule { rule },
-            Ok(None) => {}
-        }
-        match self.allow.first_match(peer, req) {
-            Err(_) => Decision::DenyMalformed,
-            Ok(Some(rule)) => Decision::Allow { rule },
-            Ok(None) => Decision::DenyNoMatch,
-        }
+        explain::combine(
+            || self.deny.first_match(peer, req),
+            || self.allow.first_match(peer, req),
+        )
     }
 }
 
+#[cfg(test)]
+mod explain_tests;
+#[cfg(test)]
+mod parse_tests;
 #[cfg(test)]
 mod tests;

@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use mtls_kit::authz::SharedPolicy;
 use mtls_kit::pki::IssuedCert;
+use mtls_kit::policy::PathCheck;
 use mtls_kit::reload::{self, ServerReloader, ServerSources, WatchSettings};
 use mtls_kit::server::{Limits, ServeError, ServerParts};
 use mtls_kit::testing;
@@ -164,6 +165,18 @@ pub async fn spawn_file_server(
     limits: Limits,
     watch: Option<WatchSettings>,
 ) -> FileServer {
+    spawn_file_server_checked(pki, policy_json, limits, watch, PathCheck::default()).await
+}
+
+/// As [`spawn_file_server`], with the policy's paths checked as `check`
+/// says.
+pub async fn spawn_file_server_checked(
+    pki: &TestPki,
+    policy_json: &str,
+    limits: Limits,
+    watch: Option<WatchSettings>,
+    check: PathCheck,
+) -> FileServer {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::write(d.join("server.pem"), &pki.server.cert_pem).unwrap();
@@ -177,6 +190,7 @@ pub async fn spawn_file_server(
         client_ca: d.join("ca.pem"),
         crls: vec![d.join("crl.pem")],
         policy: d.join("policy.json"),
+        policy_check: check,
         tls: ServerTlsOptions::default(),
     };
     let loaded = ServerReloader::load(sources).unwrap_or_else(|e| panic!("{e:?}"));

@@ -10,6 +10,7 @@ mod decisions;
 mod health_reflection;
 mod limits;
 mod openssl_subjects;
+mod policy_paths;
 mod reload;
 mod revocation;
 mod rotation;

@@ -1,0 +1,195 @@
+//! Field paths into a policy document, and where they are in its text.
+//!
+//! The checks walk a parsed `serde_json::Value`, which has no positions. To
+//! point an operator at the line and column of a problem, the field's path
+//! is followed again through the raw text: serde_json hands back each value
+//! as a [`RawValue`], a slice of the source, and the slice's offset in the
+//! source is the value's position. Nothing here parses JSON by hand.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use serde_json::value::RawValue;
+
+/// A line and column in a policy file, both counted from 1 (columns in
+/// characters).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Position {
+    pub line: usize,
+    pub column: usize,
+}
+
+impl fmt::Display for Position {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "line {}, column {}", self.line, self.column)
+    }
+}
+
+/// One step into a document: an object key or an array index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Step {
+    Key(String),
+    Index(usize),
+}
+
+/// A path into a policy document, such as `allow_rules[2].request.paths[0]`.
+/// The empty path is the document itself, shown as `(document)`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct FieldPath(Vec<Step>);
+
+impl FieldPath {
+    pub fn root() -> Self {
+        Self::default()
+    }
+
+    /// This path, one key deeper.
+    pub fn key(&self, key: &str) -> Self {
+        let mut steps = self.0.clone();
+        steps.push(Step::Key(key.to_owned()));
+        Self(steps)
+    }
+
+    /// This path, one index deeper.
+    pub fn index(&self, i: usize) -> Self {
+        let mut steps = self.0.clone();
+        steps.push(Step::Index(i));
+        Self(steps)
+    }
+
+    pub fn steps(&self) -> &[Step] {
+        &self.0
+    }
+}
+
+impl fmt::Display for FieldPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str("(document)");
+        }
+        for (i, step) in self.0.iter().enumerate() {
+            match step {
+                Step::Key(k) if i == 0 => f.write_str(k)?,
+                Step::Key(k) => write!(f, ".{k}")?,
+                Step::Index(n) => write!(f, "[{n}]")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Where `path` is in `text`: the position of the value at `path`, or, if
+/// the path does not exist (a missing field), of its deepest ancestor that
+/// does. `None` if `text` is not JSON at all. To locate many paths in one
+/// text, use a [`Locator`].
+pub fn locate(text: &str, path: &FieldPath) -> Option<Position> {
+    Locator::new(text).locate(path)
+}
+
+/// Locates many paths in one text. Each JSON value on the way is split into
+/// its children once and remembered, and lines are indexed once, so that a
+/// large policy with many problems is not re-read for each one.
+pub struct Locator<'t> {
+    text: &'t str,
+    root: Option<&'t RawValue>,
+    /// Children of the values already split, by the value's byte offset.
+    children: HashMap<usize, Children<'t>>,
+    /// Byte offsets where lines start.
+    line_starts: Vec<usize>,
+}
+
+enum Children<'t> {
+    Object(HashMap<String, &'t RawValue>),
+    Array(Vec<&'t RawValue>),
+    Scalar,
+}
+
+impl<'t> Locator<'t> {
+    pub fn new(text: &'t str) -> Self {
+        let line_starts = std::iter::once(0)
+            .chain(text.match_indices('\n').map(|(i, _)| i + 1))
+            .collect();
+        Self {
+            text,
+            root: serde_json::from_str(text).ok(),
+            children: HashMap::new(),
+            line_starts,
+        }
+    }
+
+    /// As [`locate`].
+    pub fn locate(&mut self, path: &FieldPath) -> Option<Position> {
+        let mut raw = self.root?;
+        for step in path.steps() {
+            let offset = self.offset(raw);
+            let children = self.children.entry(offset).or_insert_with(|| {
+                let json = raw.get();
+                if let Ok(map) = serde_json::from_str(json) {
+                    Children::Object(map)
+                } else if let Ok(list) = serde_json::from_str(json) {
+                    Children::Array(list)
+                } else {
+                    Children::Scalar
+                }
+            });
+            let child = match (step, &*children) {
+                (Step::Key(k), Children::Object(map)) => map.get(k).copied(),
+                (Step::Index(i), Children::Array(list)) => list.get(*i).copied(),
+                _ => None,
+            };
+            match child {
+                Some(c) => raw = c,
+                None => break,
+            }
+        }
+        Some(self.position_of(self.offset(raw)))
+    }
+
+    /// The byte offset of `raw`, a slice of the text, in the text.
+    fn offset(&self, raw: &RawValue) -> usize {
+        (raw.get().as_ptr() as usize).saturating_sub(self.text.as_ptr() as usize)
+    }
+
+    fn position_of(&self, offset: usize) -> Position {
+        let line = self.line_starts.partition_point(|&start| start <= offset);
+        let start = self.line_starts[line.saturating_sub(1)];
+        let column = self
+            .text
+            .get(start..offset)
+            .map_or(0, |s| s.chars().count());
+        Position {
+            line,
+            column: column + 1,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_print_as_operators_write_them() {
+        let p = FieldPath::root().key("allow_rules").index(2).key("request");
+        assert_eq!(p.to_string(), "allow_rules[2].request");
+        assert_eq!(FieldPath::root().to_string(), "(document)");
+    }
+
+    #[test]
+    fn values_are_located_by_path() {
+        let text = "{\n  \"a\": [1,\n    {\"b\": \"x\"}]\n}";
+        let at = |p: &FieldPath| locate(text, p).unwrap();
+        assert_eq!(at(&FieldPath::root()), Position { line: 1, column: 1 });
+        let a = FieldPath::root().key("a");
+        assert_eq!(at(&a), Position { line: 2, column: 8 });
+        assert_eq!(
+            at(&a.index(1).key("b")),
+            Position {
+                line: 3,
+                column: 11
+            }
+        );
+        // A missing field points at the object that should hold it.
+        assert_eq!(at(&a.index(1).key("c")), Position { line: 3, column: 5 });
+        assert_eq!(locate("{", &a), None);
+    }
+}
