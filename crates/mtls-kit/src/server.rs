@@ -140,9 +140,10 @@ impl Services {
         self
     }
 
-    /// Adds an encoded `FileDescriptorSet` (what `build.rs` writes with
-    /// `file_descriptor_set_path`) so that reflection describes the
-    /// services in it. Health is always described.
+    /// Adds an encoded `FileDescriptorSet` (the one `build.rs` writes for
+    /// the service's protos) so that reflection describes the services in
+    /// it and policy paths are checked against their methods. Health and
+    /// reflection are always described.
     pub fn file_descriptor_set(&mut self, encoded: &'static [u8]) -> &mut Self {
         self.descriptor_sets.push(encoded);
         self
