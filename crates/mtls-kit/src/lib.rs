@@ -14,6 +14,8 @@
 //! * [`policy`]: the A43 policy as pure data, compiled to an index, and the
 //!   pure decision function;
 //! * [`authz`]: the tower layer that enforces the decision on every RPC;
+//! * [`settle`]: lets early answers (denials, unknown methods) end their
+//!   streams cleanly, so they never count as HTTP/2 abuse;
 //! * [`server`]: runs any set of tonic [`server::Services`] with limits,
 //!   health, reflection and graceful shutdown;
 //! * [`config`]: the server's command-line flags and startup checks;
@@ -43,6 +45,7 @@ pub mod policy;
 pub mod reload;
 pub mod rfc2253;
 pub mod server;
+pub mod settle;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;

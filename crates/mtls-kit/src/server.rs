@@ -24,6 +24,7 @@ use tracing::{info, warn};
 
 use crate::authz::{AuthzLayer, SharedPolicy};
 use crate::conn::{accept_loop, AcceptSettings};
+use crate::settle::SettleLayer;
 
 /// Transport limits. tonic leaves most of these unlimited by default; each
 /// is set explicitly here.
@@ -59,6 +60,14 @@ pub struct Limits {
     /// How long a connection past its max age may finish its RPCs before it
     /// is closed forcibly. Default 30 s.
     pub max_connection_age_grace: Duration,
+    /// An answer given before the request body was read (a denial, an
+    /// unknown method) first reads up to this many bytes of a body that is
+    /// still arriving, so that the stream ends cleanly instead of being
+    /// reset, which HTTP/2 would count as abuse (see [`crate::settle`]).
+    /// Default 64 KiB.
+    pub early_answer_body_bytes: usize,
+    /// ... and waits at most this long for it. Default 1 s.
+    pub early_answer_wait: Duration,
 }
 
 impl Default for Limits {
@@ -75,6 +84,8 @@ impl Default for Limits {
             drain_timeout: Duration::from_secs(10),
             max_connection_age: Duration::from_secs(600),
             max_connection_age_grace: Duration::from_secs(30),
+            early_answer_body_bytes: 64 * 1024,
+            early_answer_wait: Duration::from_secs(1),
         }
     }
 }
@@ -206,6 +217,11 @@ pub async fn run(
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
         .max_connection_age(limits.max_connection_age)
         .max_connection_age_grace(limits.max_connection_age_grace)
+        // Outermost, so that it also covers the router's UNIMPLEMENTED.
+        .layer(SettleLayer::new(
+            limits.early_answer_body_bytes,
+            limits.early_answer_wait,
+        ))
         .layer(AuthzLayer::new(parts.policy.clone()).dry_run(parts.dry_run))
         .add_routes(routes.routes());
 

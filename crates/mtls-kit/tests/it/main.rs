@@ -7,6 +7,7 @@ mod store;
 
 mod authorization;
 mod decisions;
+mod early_answers;
 mod health_reflection;
 mod limits;
 mod openssl_subjects;
