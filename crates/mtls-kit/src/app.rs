@@ -19,8 +19,7 @@ pub async fn serve(
     services: Services,
 ) -> anyhow::Result<()> {
     let (parts, reloader) = config::load(args, identities)?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
+    let listener = crate::accept::bind(args.listen, parts.limits.max_pending_handshakes)
         .map_err(|e| anyhow::anyhow!("--listen {}: {e}", args.listen))?;
     tracing::info!(addr = %listener.local_addr()?, services = ?services.names(), "listening (mutual TLS)");
     // Certificates, keys, CA bundle, CRLs and policy reload while serving.

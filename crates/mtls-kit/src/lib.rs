@@ -7,8 +7,10 @@
 //!
 //! * [`tls`]: the one place that reads PEM files and builds rustls configs,
 //!   for server and client alike;
-//! * [`conn`]: accepts TCP, runs the TLS handshake under a deadline, and
-//!   reads the peer's identity once per connection;
+//! * [`accept`]: accepts TCP, runs the TLS handshake and reads the HTTP/2
+//!   preface under deadlines, so that slow clients cannot starve new ones;
+//! * [`conn`]: the accepted connection and the peer's identity, read once
+//!   per connection;
 //! * [`identity`] (with [`rfc2253`]): certificate in, typed peer identity
 //!   out (SPIFFE/URI SANs, DNS SANs, Subject as gRPC renders it);
 //! * [`policy`]: the A43 policy as pure data, compiled to an index, and the
@@ -33,6 +35,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod accept;
 pub mod app;
 pub mod authz;
 pub mod certs_cli;

@@ -22,8 +22,8 @@ use tonic_health::ServingStatus;
 use tower_service::Service;
 use tracing::{info, warn};
 
+use crate::accept::{accept_loop, AcceptSettings};
 use crate::authz::{AuthzLayer, SharedPolicy};
-use crate::conn::{accept_loop, AcceptSettings};
 use crate::settle::SettleLayer;
 
 /// Transport limits. tonic leaves most of these unlimited by default; each
@@ -32,7 +32,15 @@ use crate::settle::SettleLayer;
 pub struct Limits {
     /// Deadline for a client to complete the TLS handshake. Default 10 s.
     pub handshake_timeout: Duration,
-    /// Handshakes in progress at once before accepting pauses. Default 512.
+    /// Deadline for a client's ClientHello to arrive, counted from accept;
+    /// shorter than the handshake's, so that idle or trickling sockets give
+    /// up their slot early. Default 3 s (a lost segment is resent after 1 s).
+    pub client_hello_timeout: Duration,
+    /// Deadline for the HTTP/2 preface after the TLS handshake. Default 5 s.
+    pub preface_timeout: Duration,
+    /// Connections accepted but not through their TLS handshake yet; also
+    /// the listen backlog. When all are taken, the oldest one still waiting
+    /// for its ClientHello is closed to make room. Default 512.
     pub max_pending_handshakes: usize,
     /// HTTP/2 streams (concurrent RPCs) per connection. Default 128.
     pub max_concurrent_streams: u32,
@@ -74,6 +82,8 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             handshake_timeout: Duration::from_secs(10),
+            client_hello_timeout: Duration::from_secs(3),
+            preface_timeout: Duration::from_secs(5),
             max_pending_handshakes: 512,
             max_concurrent_streams: 128,
             max_local_error_reset_streams: 256,
@@ -230,6 +240,8 @@ pub async fn run(
         parts.tls.clone(),
         AcceptSettings {
             handshake_timeout: limits.handshake_timeout,
+            client_hello_timeout: limits.client_hello_timeout,
+            preface_timeout: limits.preface_timeout,
             max_pending_handshakes: limits.max_pending_handshakes,
         },
     );

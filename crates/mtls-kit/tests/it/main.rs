@@ -15,4 +15,5 @@ mod reload;
 mod revocation;
 mod rotation;
 mod shutdown;
+mod slow_clients;
 mod tls_refusal;
