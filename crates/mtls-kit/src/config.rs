@@ -117,6 +117,12 @@ pub struct ServerArgs {
     #[arg(long, env = "SERVER_MAX_CONNECTION_AGE_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connection_age_secs: u64,
 
+    /// Percent by which each connection's max age is moved, either way at
+    /// random, so that clients that connected together do not reconnect
+    /// together.
+    #[arg(long, env = "SERVER_MAX_CONNECTION_AGE_JITTER_PERCENT", default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub max_connection_age_jitter_percent: u8,
+
     /// Seconds a connection past its max age gets to finish its RPCs before
     /// it is closed forcibly.
     #[arg(
@@ -182,6 +188,7 @@ impl ServerArgs {
             max_message_size: self.max_message_bytes,
             drain_timeout: Duration::from_secs(self.drain_timeout_secs),
             max_connection_age: Duration::from_secs(self.max_connection_age_secs),
+            max_connection_age_jitter: f64::from(self.max_connection_age_jitter_percent) / 100.0,
             max_connection_age_grace: Duration::from_secs(self.max_connection_age_grace_secs),
             ..Limits::default()
         }

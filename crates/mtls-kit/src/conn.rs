@@ -11,6 +11,7 @@
 //! info ([`PeerInfo`]) holds the parsed identity and tonic's own
 //! `TlsConnectInfo`, so RPC layers and handlers see both.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -19,6 +20,8 @@ use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::time::{Instant, Sleep};
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
 
@@ -55,6 +58,12 @@ pub struct PeerStream {
     /// How much of the preface, read by the accept loop, has been handed on
     /// to hyper, which reads it again.
     preface_replayed: usize,
+    /// Dropped with the stream: tells whoever serves the connection that it
+    /// has ended.
+    closed: Option<oneshot::Sender<()>>,
+    /// Past this, reads and writes fail, which ends the connection however
+    /// far its graceful close has got.
+    close_by: Option<Pin<Box<Sleep>>>,
 }
 
 impl PeerStream {
@@ -64,7 +73,33 @@ impl PeerStream {
             tls,
             identity,
             preface_replayed: 0,
+            closed: None,
+            close_by: None,
         }
+    }
+
+    /// Makes the connection fail at `deadline`: the forced end of a
+    /// graceful close that took too long.
+    pub(crate) fn close_by(&mut self, deadline: Instant) {
+        self.close_by = Some(Box::pin(tokio::time::sleep_until(deadline)));
+    }
+
+    fn past_deadline(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        match self.close_by.as_mut().map(|d| d.as_mut().poll(cx)) {
+            Some(Poll::Ready(())) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "connection closed: past its max age and grace period",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Completes (with an error, as the sender is dropped, never used) when
+    /// this stream is dropped, that is when its connection has ended.
+    pub(crate) fn closed(&mut self) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        self.closed = Some(tx);
+        rx
     }
 }
 
@@ -94,6 +129,7 @@ impl AsyncRead for PeerStream {
             self.preface_replayed += n;
             return Poll::Ready(Ok(()));
         }
+        self.past_deadline(cx)?;
         Pin::new(&mut self.tls).poll_read(cx, buf)
     }
 }
@@ -104,6 +140,7 @@ impl AsyncWrite for PeerStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.past_deadline(cx)?;
         Pin::new(&mut self.tls).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -117,6 +154,7 @@ impl AsyncWrite for PeerStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        self.past_deadline(cx)?;
         Pin::new(&mut self.tls).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {

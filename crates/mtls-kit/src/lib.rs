@@ -11,6 +11,8 @@
 //!   preface under deadlines, so that slow clients cannot starve new ones;
 //! * [`conn`]: the accepted connection and the peer's identity, read once
 //!   per connection;
+//! * [`connections`]: serves each connection, with its own jittered
+//!   maximum age;
 //! * [`identity`] (with [`rfc2253`]): certificate in, typed peer identity
 //!   out (SPIFFE/URI SANs, DNS SANs, Subject as gRPC renders it);
 //! * [`policy`]: the A43 policy as pure data, compiled to an index, and the
@@ -42,6 +44,7 @@ pub mod certs_cli;
 pub mod client;
 pub mod config;
 pub mod conn;
+pub mod connections;
 pub mod identity;
 pub mod pki;
 pub mod policy;

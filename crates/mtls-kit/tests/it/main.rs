@@ -6,6 +6,7 @@ mod helpers;
 mod store;
 
 mod authorization;
+mod connection_age;
 mod decisions;
 mod early_answers;
 mod health_reflection;
