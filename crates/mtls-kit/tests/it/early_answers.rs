@@ -180,6 +180,7 @@ async fn measure_transport_errors_from_early_answers() {
     let pki = TestPki::new();
     let server = spawn_server_with(&pki, POLICY, Limits::default()).await;
     for (name, kinds) in [
+        ("allowed", &[(Kind::Allowed, false)][..]),
         ("denied", &[(Kind::Denied, false)][..]),
         ("denied, late body", &[(Kind::Denied, true)][..]),
         ("unknown method", &[(Kind::UnknownMethod, false)][..]),
