@@ -22,8 +22,7 @@ pub async fn serve(
         .served_methods()
         .map_err(|e| anyhow::anyhow!("reading the services' descriptor sets: {e}"))?;
     let (parts, reloader) = config::load(args, identities, served)?;
-    let listener = tokio::net::TcpListener::bind(args.listen)
-        .await
+    let listener = crate::accept::bind(args.listen, parts.limits.max_pending_handshakes)
         .map_err(|e| anyhow::anyhow!("--listen {}: {e}", args.listen))?;
     tracing::info!(addr = %listener.local_addr()?, services = ?services.names(), "listening (mutual TLS)");
     // Certificates, keys, CA bundle, CRLs and policy reload while serving.

@@ -187,7 +187,7 @@ mod tests {
     use tower::ServiceExt;
 
     use super::*;
-    use crate::conn::{accept_loop, AcceptSettings};
+    use crate::accept::{accept_loop, AcceptSettings};
     use crate::pki::{CertificateAuthority, LeafSpec};
     use crate::tls::{self, CertifiedKeyFiles, TrustAnchors};
 
@@ -215,14 +215,20 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let settings = AcceptSettings {
             handshake_timeout: Duration::from_secs(10),
+            client_hello_timeout: Duration::from_secs(10),
+            preface_timeout: Duration::from_secs(10),
             max_pending_handshakes: 4,
         };
         let (incoming, task) =
             accept_loop(listener, Arc::new(ArcSwap::new(server_config)), settings);
         tokio::pin!(incoming);
         let tcp = TcpStream::connect(addr).await.unwrap();
-        let _client = TlsConnector::from(client_config)
+        let mut tls_client = TlsConnector::from(client_config)
             .connect(tls::server_name("localhost").unwrap(), tcp)
+            .await
+            .unwrap();
+        // The accept loop hands on connections that sent the HTTP/2 preface.
+        tokio::io::AsyncWriteExt::write_all(&mut tls_client, crate::conn::H2_PREFACE)
             .await
             .unwrap();
         let stream = incoming.next().await.unwrap().unwrap();

@@ -75,6 +75,22 @@ pub struct ServerArgs {
     #[arg(long, env = "SERVER_HANDSHAKE_TIMEOUT_SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
     pub handshake_timeout_secs: u64,
 
+    /// Seconds a client has, from accept, to send its whole ClientHello
+    /// (capped by the handshake timeout).
+    #[arg(long, env = "SERVER_CLIENT_HELLO_TIMEOUT_SECS", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    pub client_hello_timeout_secs: u64,
+
+    /// Seconds a client has, after the TLS handshake, to send the HTTP/2
+    /// connection preface.
+    #[arg(long, env = "SERVER_PREFACE_TIMEOUT_SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..))]
+    pub preface_timeout_secs: u64,
+
+    /// Connections accepted but not through their TLS handshake yet (also
+    /// the listen backlog); when full, the oldest one still waiting for its
+    /// ClientHello is closed to make room.
+    #[arg(long, env = "SERVER_MAX_PENDING_HANDSHAKES", default_value_t = 512, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_pending_handshakes: u64,
+
     /// Concurrent RPCs (HTTP/2 streams) per connection.
     #[arg(long, env = "SERVER_MAX_CONCURRENT_STREAMS", default_value_t = 128, value_parser = clap::value_parser!(u32).range(1..))]
     pub max_concurrent_streams: u32,
@@ -101,6 +117,12 @@ pub struct ServerArgs {
     /// and CRLs.
     #[arg(long, env = "SERVER_MAX_CONNECTION_AGE_SECS", default_value_t = 600, value_parser = clap::value_parser!(u64).range(1..))]
     pub max_connection_age_secs: u64,
+
+    /// Percent by which each connection's max age is moved, either way at
+    /// random, so that clients that connected together do not reconnect
+    /// together.
+    #[arg(long, env = "SERVER_MAX_CONNECTION_AGE_JITTER_PERCENT", default_value_t = 10, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub max_connection_age_jitter_percent: u8,
 
     /// Seconds a connection past its max age gets to finish its RPCs before
     /// it is closed forcibly.
@@ -164,11 +186,16 @@ impl ServerArgs {
     pub fn limits(&self) -> Limits {
         Limits {
             handshake_timeout: Duration::from_secs(self.handshake_timeout_secs),
+            client_hello_timeout: Duration::from_secs(self.client_hello_timeout_secs),
+            preface_timeout: Duration::from_secs(self.preface_timeout_secs),
+            max_pending_handshakes: usize::try_from(self.max_pending_handshakes)
+                .unwrap_or(usize::MAX),
             max_concurrent_streams: self.max_concurrent_streams,
             max_local_error_reset_streams: self.max_local_error_resets,
             max_message_size: self.max_message_bytes,
             drain_timeout: Duration::from_secs(self.drain_timeout_secs),
             max_connection_age: Duration::from_secs(self.max_connection_age_secs),
+            max_connection_age_jitter: f64::from(self.max_connection_age_jitter_percent) / 100.0,
             max_connection_age_grace: Duration::from_secs(self.max_connection_age_grace_secs),
             ..Limits::default()
         }

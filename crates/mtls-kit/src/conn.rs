@@ -1,5 +1,6 @@
-//! Accepting connections: TCP accept, the TLS handshake under a deadline,
-//! and the peer identity read once per connection.
+//! An accepted connection as tonic sees it: the TLS stream, the peer
+//! identity read once per connection, and the HTTP/2 preface the accept
+//! loop ([`crate::accept`]) already read and checked.
 //!
 //! We terminate TLS ourselves instead of through tonic's `ServerTlsConfig`
 //! so that the rustls `ServerConfig` is ours: each handshake uses whatever
@@ -10,22 +11,19 @@
 //! info ([`PeerInfo`]) holds the parsed identity and tonic's own
 //! `TlsConnectInfo`, so RPC layers and handlers see both.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, Semaphore};
-use tokio::task::JoinHandle;
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio::time::{Instant, Sleep};
 use tokio_rustls::server::TlsStream;
-use tokio_rustls::TlsAcceptor;
 use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
-use tracing::{debug, info, warn};
 
 use crate::identity::PeerIdentity;
 
@@ -50,10 +48,59 @@ pub fn peer_identity<T>(req: &tonic::Request<T>) -> Option<&PeerIdentity> {
     req.extensions().get::<PeerInfo>().map(|p| &*p.identity)
 }
 
+/// The HTTP/2 client connection preface (RFC 9113, section 3.4).
+pub(crate) const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
 /// An accepted, authenticated TLS connection.
 pub struct PeerStream {
     tls: TlsStream<TcpStream>,
     identity: Arc<PeerIdentity>,
+    /// How much of the preface, read by the accept loop, has been handed on
+    /// to hyper, which reads it again.
+    preface_replayed: usize,
+    /// Dropped with the stream: tells whoever serves the connection that it
+    /// has ended.
+    closed: Option<oneshot::Sender<()>>,
+    /// Past this, reads and writes fail, which ends the connection however
+    /// far its graceful close has got.
+    close_by: Option<Pin<Box<Sleep>>>,
+}
+
+impl PeerStream {
+    /// A connection whose HTTP/2 preface has been read and checked.
+    pub(crate) fn new(tls: TlsStream<TcpStream>, identity: Arc<PeerIdentity>) -> Self {
+        Self {
+            tls,
+            identity,
+            preface_replayed: 0,
+            closed: None,
+            close_by: None,
+        }
+    }
+
+    /// Makes the connection fail at `deadline`: the forced end of a
+    /// graceful close that took too long.
+    pub(crate) fn close_by(&mut self, deadline: Instant) {
+        self.close_by = Some(Box::pin(tokio::time::sleep_until(deadline)));
+    }
+
+    fn past_deadline(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
+        match self.close_by.as_mut().map(|d| d.as_mut().poll(cx)) {
+            Some(Poll::Ready(())) => Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "connection closed: past its max age and grace period",
+            )),
+            _ => Ok(()),
+        }
+    }
+
+    /// Completes (with an error, as the sender is dropped, never used) when
+    /// this stream is dropped, that is when its connection has ended.
+    pub(crate) fn closed(&mut self) -> oneshot::Receiver<()> {
+        let (tx, rx) = oneshot::channel();
+        self.closed = Some(tx);
+        rx
+    }
 }
 
 impl Connected for PeerStream {
@@ -73,6 +120,16 @@ impl AsyncRead for PeerStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if let Some(rest) = H2_PREFACE
+            .get(self.preface_replayed..)
+            .filter(|r| !r.is_empty())
+        {
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            self.preface_replayed += n;
+            return Poll::Ready(Ok(()));
+        }
+        self.past_deadline(cx)?;
         Pin::new(&mut self.tls).poll_read(cx, buf)
     }
 }
@@ -83,6 +140,7 @@ impl AsyncWrite for PeerStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
+        self.past_deadline(cx)?;
         Pin::new(&mut self.tls).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -96,84 +154,10 @@ impl AsyncWrite for PeerStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
+        self.past_deadline(cx)?;
         Pin::new(&mut self.tls).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
         self.tls.is_write_vectored()
     }
-}
-
-/// Settings of the accept loop.
-#[derive(Clone, Copy, Debug)]
-pub struct AcceptSettings {
-    /// A client that has not finished the TLS handshake by then is dropped,
-    /// so idle sockets cannot pin server memory.
-    pub handshake_timeout: Duration,
-    /// Handshakes in progress at once; beyond this, accepting pauses
-    /// (back-pressure instead of unbounded tasks).
-    pub max_pending_handshakes: usize,
-}
-
-/// Starts accepting on `listener`. Returns the stream of authenticated
-/// connections for tonic and the accept task, which stops when the stream
-/// is dropped (and should be aborted when the server returns).
-pub fn accept_loop(
-    listener: TcpListener,
-    tls: Arc<ArcSwap<rustls::ServerConfig>>,
-    settings: AcceptSettings,
-) -> (
-    impl tokio_stream::Stream<Item = Result<PeerStream, io::Error>>,
-    JoinHandle<()>,
-) {
-    let (tx, rx) = mpsc::channel::<PeerStream>(64);
-    let pending = Arc::new(Semaphore::new(settings.max_pending_handshakes.max(1)));
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok(permit) = pending.clone().acquire_owned().await else {
-                return;
-            };
-            let (tcp, remote) = tokio::select! {
-                accepted = listener.accept() => match accepted {
-                    Ok(pair) => pair,
-                    Err(e) => {
-                        // EMFILE and friends: back off briefly rather than
-                        // spin; the listener itself stays usable.
-                        warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-                _ = tx.closed() => return,
-            };
-            let _ = tcp.set_nodelay(true);
-            // Each handshake uses the config current at accept time.
-            let acceptor = TlsAcceptor::from(tls.load_full());
-            let tx = tx.clone();
-            tokio::spawn(async move {
-                let _permit = permit;
-                match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(tcp)).await {
-                    Err(_) => info!(%remote, "TLS handshake timed out; connection closed"),
-                    Ok(Err(e)) => info!(%remote, error = %e, "TLS handshake refused"),
-                    Ok(Ok(stream)) => {
-                        let certs = stream.get_ref().1.peer_certificates().unwrap_or_default();
-                        match PeerIdentity::from_chain(certs) {
-                            Ok(identity) => {
-                                debug!(%remote, peer = %identity, "connection authenticated");
-                                let stream = PeerStream {
-                                    tls: stream,
-                                    identity: Arc::new(identity),
-                                };
-                                let _ = tx.send(stream).await;
-                            }
-                            Err(e) => {
-                                warn!(%remote, error = %e, "verified certificate is unreadable; connection closed")
-                            }
-                        }
-                    }
-                }
-            });
-        }
-    });
-    let stream = tokio_stream::wrappers::ReceiverStream::new(rx);
-    (tokio_stream::StreamExt::map(stream, Ok), task)
 }

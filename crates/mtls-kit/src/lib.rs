@@ -7,8 +7,12 @@
 //!
 //! * [`tls`]: the one place that reads PEM files and builds rustls configs,
 //!   for server and client alike;
-//! * [`conn`]: accepts TCP, runs the TLS handshake under a deadline, and
-//!   reads the peer's identity once per connection;
+//! * [`accept`]: accepts TCP, runs the TLS handshake and reads the HTTP/2
+//!   preface under deadlines, so that slow clients cannot starve new ones;
+//! * [`conn`]: the accepted connection and the peer's identity, read once
+//!   per connection;
+//! * [`connections`]: serves each connection, with its own jittered
+//!   maximum age;
 //! * [`identity`] (with [`rfc2253`]): certificate in, typed peer identity
 //!   out (SPIFFE/URI SANs, DNS SANs, Subject as gRPC renders it);
 //! * [`policy`]: the A43 policy as pure data, compiled to an index, and the
@@ -16,6 +20,8 @@
 //! * [`policy_cli`]: `policy check | explain | test`, the operator's tools
 //!   a service's server binary offers as a subcommand;
 //! * [`authz`]: the tower layer that enforces the decision on every RPC;
+//! * [`settle`]: lets early answers (denials, unknown methods) end their
+//!   streams cleanly, so they never count as HTTP/2 abuse;
 //! * [`server`]: runs any set of tonic [`server::Services`] with limits,
 //!   health, reflection and graceful shutdown;
 //! * [`config`]: the server's command-line flags and startup checks;
@@ -33,12 +39,14 @@
 
 #![forbid(unsafe_code)]
 
+pub mod accept;
 pub mod app;
 pub mod authz;
 pub mod certs_cli;
 pub mod client;
 pub mod config;
 pub mod conn;
+pub mod connections;
 pub mod identity;
 pub mod pki;
 pub mod policy;
@@ -46,6 +54,7 @@ pub mod policy_cli;
 pub mod reload;
 pub mod rfc2253;
 pub mod server;
+pub mod settle;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;

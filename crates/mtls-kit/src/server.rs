@@ -15,16 +15,19 @@ use std::convert::Infallible;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
+use tokio_stream::StreamExt;
 use tonic::body::Body;
 use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
 use tonic_health::ServingStatus;
 use tower_service::Service;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
+use crate::accept::{accept_loop, AcceptSettings};
 use crate::authz::{AuthzLayer, SharedPolicy};
-use crate::conn::{accept_loop, AcceptSettings};
+use crate::connections;
 use crate::policy::ServedMethods;
+use crate::settle::SettleLayer;
 
 /// Transport limits. tonic leaves most of these unlimited by default; each
 /// is set explicitly here.
@@ -32,7 +35,15 @@ use crate::policy::ServedMethods;
 pub struct Limits {
     /// Deadline for a client to complete the TLS handshake. Default 10 s.
     pub handshake_timeout: Duration,
-    /// Handshakes in progress at once before accepting pauses. Default 512.
+    /// Deadline for a client's ClientHello to arrive, counted from accept;
+    /// shorter than the handshake's, so that idle or trickling sockets give
+    /// up their slot early. Default 3 s (a lost segment is resent after 1 s).
+    pub client_hello_timeout: Duration,
+    /// Deadline for the HTTP/2 preface after the TLS handshake. Default 5 s.
+    pub preface_timeout: Duration,
+    /// Connections accepted but not through their TLS handshake yet; also
+    /// the listen backlog. When all are taken, the oldest one still waiting
+    /// for its ClientHello is closed to make room. Default 512.
     pub max_pending_handshakes: usize,
     /// HTTP/2 streams (concurrent RPCs) per connection. Default 128.
     pub max_concurrent_streams: u32,
@@ -57,15 +68,29 @@ pub struct Limits {
     /// and CRLs: a revoked client cannot keep an old connection for ever.
     /// Default 10 min.
     pub max_connection_age: Duration,
+    /// Each connection's age is moved by up to this fraction of it, either
+    /// way at random, so that clients that connected together do not all
+    /// reconnect together. `0.0` to `1.0`; default `0.1` (±10%).
+    pub max_connection_age_jitter: f64,
     /// How long a connection past its max age may finish its RPCs before it
     /// is closed forcibly. Default 30 s.
     pub max_connection_age_grace: Duration,
+    /// An answer given before the request body was read (a denial, an
+    /// unknown method) first reads up to this many bytes of a body that is
+    /// still arriving, so that the stream ends cleanly instead of being
+    /// reset, which HTTP/2 would count as abuse (see [`crate::settle`]).
+    /// Default 64 KiB.
+    pub early_answer_body_bytes: usize,
+    /// ... and waits at most this long for it. Default 1 s.
+    pub early_answer_wait: Duration,
 }
 
 impl Default for Limits {
     fn default() -> Self {
         Self {
             handshake_timeout: Duration::from_secs(10),
+            client_hello_timeout: Duration::from_secs(3),
+            preface_timeout: Duration::from_secs(5),
             max_pending_handshakes: 512,
             max_concurrent_streams: 128,
             max_local_error_reset_streams: 256,
@@ -75,7 +100,10 @@ impl Default for Limits {
             keepalive_timeout: Duration::from_secs(20),
             drain_timeout: Duration::from_secs(10),
             max_connection_age: Duration::from_secs(600),
+            max_connection_age_jitter: 0.1,
             max_connection_age_grace: Duration::from_secs(30),
+            early_answer_body_bytes: 64 * 1024,
+            early_answer_wait: Duration::from_secs(1),
         }
     }
 }
@@ -219,36 +247,58 @@ pub async fn run(
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?);
 
-    let router = tonic::transport::Server::builder()
+    // The settings every connection shares; each gets its own max age.
+    let server = tonic::transport::Server::builder()
         .max_concurrent_streams(limits.max_concurrent_streams)
         .http2_max_local_error_reset_streams(Some(limits.max_local_error_reset_streams))
         .http2_max_header_list_size(limits.max_header_list_size)
         .http2_keepalive_interval(Some(limits.keepalive_interval))
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
-        .max_connection_age(limits.max_connection_age)
-        .max_connection_age_grace(limits.max_connection_age_grace)
-        .layer(AuthzLayer::new(parts.policy.clone()).dry_run(parts.dry_run))
-        .add_routes(routes.routes());
+        // Outermost, so that it also covers the router's UNIMPLEMENTED.
+        .layer(SettleLayer::new(
+            limits.early_answer_body_bytes,
+            limits.early_answer_wait,
+        ))
+        .layer(AuthzLayer::new(parts.policy.clone()).dry_run(parts.dry_run));
+    let routes = routes.routes().prepare();
 
     let (incoming, accept_task) = accept_loop(
         listener,
         parts.tls.clone(),
         AcceptSettings {
             handshake_timeout: limits.handshake_timeout,
+            client_hello_timeout: limits.client_hello_timeout,
+            preface_timeout: limits.preface_timeout,
             max_pending_handshakes: limits.max_pending_handshakes,
         },
     );
     let accept_task = AbortOnDrop(accept_task);
+    tokio::pin!(incoming);
+    tokio::pin!(shutdown);
 
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = router.serve_with_incoming_shutdown(incoming, async {
-        let _ = stop_rx.await;
-    });
-    tokio::pin!(server);
-
-    tokio::select! {
-        result = &mut server => return Ok(result?),
-        () = shutdown => {}
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = incoming.next() => {
+                // The accept loop only ends if its task does.
+                let Some(Ok(stream)) = accepted else { break };
+                let lifetime = connections::Lifetime {
+                    age: connections::jittered(limits.max_connection_age, limits.max_connection_age_jitter),
+                    grace: limits.max_connection_age_grace,
+                };
+                let (server, routes, stop) = (server.clone(), routes.clone(), stop_rx.clone());
+                connections.spawn(async move {
+                    connections::serve(&server, routes, lifetime, stream, stop).await
+                });
+            }
+            Some(done) = connections.join_next(), if !connections.is_empty() => {
+                if let Ok(Err(e)) = done {
+                    debug!(error = %e, "connection ended with an error");
+                }
+            }
+            () = &mut shutdown => break,
+        }
     }
     info!(drain_timeout = ?limits.drain_timeout, "shutting down: draining in-flight RPCs");
     // Close the listening socket now, so new clients are refused at once
@@ -259,17 +309,13 @@ pub async fn run(
             .set_service_status(name, ServingStatus::NotServing)
             .await;
     }
-    let _ = stop_tx.send(());
-    match tokio::time::timeout(limits.drain_timeout, server).await {
-        Ok(result) => {
-            info!("shutdown complete");
-            Ok(result?)
-        }
-        Err(_) => {
-            warn!("drain deadline passed; closing the remaining connections");
-            Ok(())
-        }
+    let _ = stop_tx.send(true);
+    let drained = async { while connections.join_next().await.is_some() {} };
+    match tokio::time::timeout(limits.drain_timeout, drained).await {
+        Ok(()) => info!("shutdown complete"),
+        Err(_) => warn!("drain deadline passed; closing the remaining connections"),
     }
+    Ok(())
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

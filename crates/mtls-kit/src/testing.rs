@@ -19,7 +19,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
@@ -120,9 +119,11 @@ impl TestServer {
     /// `127.0.0.1:0` listener. Clients verify the server against `ca`.
     pub async fn start(parts: ServerParts, services: Services, ca: TrustAnchors) -> Self {
         // Bind first: the port is ready before the server task even starts.
-        let listener = TcpListener::bind("127.0.0.1:0")
-            .await
-            .expect("bind 127.0.0.1:0");
+        let listener = crate::accept::bind(
+            SocketAddr::from(([127, 0, 0, 1], 0)),
+            parts.limits.max_pending_handshakes,
+        )
+        .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local address");
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(server::run(listener, parts, services, async {

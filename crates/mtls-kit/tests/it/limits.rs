@@ -94,3 +94,59 @@ async fn oversized_messages_are_refused() {
     let small = entry("small", &[b'x'; 100]);
     writer.put(small).await.unwrap();
 }
+
+#[tokio::test]
+async fn a_client_that_sends_no_http2_preface_after_the_handshake_is_dropped() {
+    let pki = TestPki::new();
+    let limits = Limits {
+        preface_timeout: Duration::from_millis(200),
+        ..Limits::default()
+    };
+    let server = spawn_server_with(&pki, POLICY, limits).await;
+    let cert = pki.client("writer");
+    let identity =
+        CertifiedKeyFiles::in_memory(vec![cert.cert_der.clone()], cert.key_der(), "client");
+    let config =
+        tls::client_config(&identity, &pki.anchors(), ClientTlsOptions::default()).unwrap();
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    let started = std::time::Instant::now();
+    let mut silent = TlsConnector::from(config)
+        .connect(tls::server_name("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    // Without a preface deadline this read would wait for ever.
+    let read = tokio::time::timeout(GUARD, silent.read(&mut buf))
+        .await
+        .expect("a connection without HTTP/2 was kept open");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(started.elapsed() >= Duration::from_millis(200));
+
+    // A gRPC client that does speak is served by the same server.
+    let mut writer = StoreClient::new(server.connect(&cert).await.unwrap());
+    writer.put(entry("k", b"v")).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_client_whose_client_hello_does_not_arrive_is_dropped_before_the_handshake_deadline() {
+    let pki = TestPki::new();
+    let limits = Limits {
+        client_hello_timeout: Duration::from_millis(200),
+        handshake_timeout: Duration::from_secs(60),
+        ..Limits::default()
+    };
+    let server = spawn_server_with(&pki, POLICY, limits).await;
+    let mut slow = TcpStream::connect(server.addr).await.unwrap();
+    // The start of a TLS record that never completes.
+    slow.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00])
+        .await
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(GUARD, slow.read(&mut buf))
+        .await
+        .expect("a connection without a ClientHello was kept open");
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+
+    let mut writer = StoreClient::new(server.connect(&pki.client("writer")).await.unwrap());
+    writer.put(entry("k", b"v")).await.unwrap();
+}

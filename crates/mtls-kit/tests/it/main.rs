@@ -6,7 +6,9 @@ mod helpers;
 mod store;
 
 mod authorization;
+mod connection_age;
 mod decisions;
+mod early_answers;
 mod health_reflection;
 mod limits;
 mod openssl_subjects;
@@ -15,4 +17,5 @@ mod reload;
 mod revocation;
 mod rotation;
 mod shutdown;
+mod slow_clients;
 mod tls_refusal;
