@@ -77,8 +77,8 @@ done
 for manifest in Cargo.toml fuzz/Cargo.toml; do
     [ -f "$manifest" ] || continue
     log "cargo deny: $manifest"
-    cargo deny --manifest-path "$manifest" --locked check --config deny.toml \
-        licenses bans sources || failed=1
+    cargo deny --manifest-path "$manifest" --locked --config deny.toml \
+        check licenses bans sources || failed=1
 done
 
 log "done in $(($(date +%s) - started)) s"
