@@ -1,8 +1,9 @@
 //! The A43 policy parser and decision function: the input is a policy
 //! document (UTF-8; other bytes are rejected before the parser).
 //!
-//! Invariants: parsing never panics; `Policy::from_json` accepts exactly the
-//! documents `file::parse` validates, and keeps every rule; on a set of
+//! Invariants: parsing never panics; `Policy::from_json_all` accepts exactly
+//! the documents `file::parse` validates, with the same errors, and
+//! `from_json` reports the first of them; a parsed policy keeps every rule; on a set of
 //! peers and requests built from the policy's own strings (so that rules do
 //! match), `Policy::decide` never panics, is deterministic, and gives the
 //! answer of a naive rule-by-rule evaluation of the parsed document. The one
@@ -32,15 +33,22 @@ pub fn check(data: &[u8]) {
     let Ok(json) = std::str::from_utf8(data) else {
         return;
     };
-    let policy = Policy::from_json(json);
+    let first = Policy::from_json(json);
+    let policy = Policy::from_json_all(json);
     let spec = file::parse(json);
     let (policy, spec) = match (policy, spec) {
-        (Ok(p), Ok(s)) => (p, s),
+        (Ok(p), Ok(s)) => {
+            assert!(first.is_ok(), "from_json refused what from_json_all accepted");
+            (p, s)
+        }
         (Err(a), Err(b)) => {
-            assert_eq!(a, b, "from_json and file::parse give different errors");
+            assert_eq!(a, b, "from_json_all and file::parse give different errors");
+            // The one-error form reports the first of them.
+            assert_eq!(first.err().as_ref(), a.0.first());
+            assert!(!a.0.is_empty(), "an error list is never empty");
             return;
         }
-        (p, s) => panic!("from_json {:?} but file::parse {:?}", p.is_ok(), s.is_ok()),
+        (p, s) => panic!("from_json_all {:?} but file::parse {:?}", p.is_ok(), s.is_ok()),
     };
     assert_eq!(
         policy.rule_counts(),
