@@ -4,17 +4,17 @@
 //! Both sides use the same crypto provider ([`provider`]), the same protocol
 //! versions and ALPN `h2`, so the two can never drift apart.
 //!
-//! Crypto provider: *ring*. It is the smaller build (no CMake, no Go, no
-//! assembler toolchain beyond a C compiler), which keeps the Docker builder
-//! image minimal and cold builds fast on small CI machines. aws-lc-rs would
-//! add FIPS and post-quantum key exchange; switch by changing the `ring`
-//! features in Cargo.toml and [`provider`].
+//! Crypto provider: *aws-lc-rs* (rustls' default), the only one in the
+//! build. It brings post-quantum hybrid key exchange (X25519MLKEM768, see
+//! [`KX_GROUPS`]) and a FIPS 140-3 validated build (feature `fips`, see the
+//! README). It builds with a C compiler alone on Linux x86_64/aarch64.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use rustls::crypto::CryptoProvider;
+use rustls::crypto::aws_lc_rs::{self, kx_group};
+use rustls::crypto::{CryptoProvider, SupportedKxGroup};
 use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
 use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
 use rustls_pki_types::pem::PemObject;
@@ -65,9 +65,42 @@ pub enum TlsError {
     Config(#[from] rustls::Error),
 }
 
-/// The crypto provider both sides use.
+/// Key exchange groups, most preferred first, for both sides.
+///
+/// * X25519MLKEM768 first: a hybrid of X25519 and ML-KEM-768, so that
+///   traffic recorded today cannot be decrypted later by a quantum computer
+///   ("harvest now, decrypt later"), while staying at least as strong as
+///   X25519 if ML-KEM turns out weak. A rustls server takes the first
+///   group in the *client's* list that it supports, so this order matters
+///   most on the client side; every client built here offers the hybrid
+///   first.
+/// * X25519 next, for peers without ML-KEM.
+/// * P-256 last, for older peers: gRPC C++ 1.51 on Debian's OpenSSL offers
+///   nothing else.
+///
+/// Spelled out rather than taken from rustls' defaults: with rustls'
+/// default features off (as here), its `prefer-post-quantum` feature is off
+/// too and X25519MLKEM768 would come *last*, i.e. never be chosen against
+/// a peer that offers X25519. P-384 is left out: no peer of ours needs it.
+pub static KX_GROUPS: &[&dyn SupportedKxGroup] = &[
+    kx_group::X25519MLKEM768,
+    kx_group::X25519,
+    kx_group::SECP256R1,
+];
+
+/// The crypto provider both sides use: aws-lc-rs with [`KX_GROUPS`].
+///
+/// In a FIPS build (`--features fips`), groups that are not FIPS-approved
+/// (X25519 alone) are dropped, as rustls' own FIPS defaults do.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut kx_groups = KX_GROUPS.to_vec();
+    if cfg!(feature = "fips") {
+        kx_groups.retain(|group| group.fips());
+    }
+    Arc::new(CryptoProvider {
+        kx_groups,
+        ..aws_lc_rs::default_provider()
+    })
 }
 
 /// Which TLS versions to offer.

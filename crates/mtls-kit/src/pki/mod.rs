@@ -227,7 +227,7 @@ fn random_serial() -> SerialNumber {
     let mut bytes = [0u8; 16];
     // A CSPRNG failure here means the OS cannot give randomness at all; the
     // serial then still differs per certificate through the timestamp.
-    if rustls::crypto::ring::default_provider()
+    if crate::tls::provider()
         .secure_random
         .fill(&mut bytes)
         .is_err()

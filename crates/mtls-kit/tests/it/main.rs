@@ -8,6 +8,7 @@ mod store;
 mod authorization;
 mod decisions;
 mod health_reflection;
+mod key_exchange;
 mod limits;
 mod openssl_subjects;
 mod reload;
