@@ -91,7 +91,9 @@ pub struct ServerArgs {
     pub drain_timeout_secs: u64,
 
     /// Certificate revocation list (PEM) to check client certificates
-    /// against. Repeatable; in the environment, comma-separated.
+    /// against. Repeatable; in the environment, comma-separated. A file
+    /// named here must exist at startup. With the dev PKI, certs/crl.pem is
+    /// always loaded too. [default: none; with the dev PKI, certs/crl.pem]
     #[arg(long = "crl", env = "SERVER_CRL", value_delimiter = ',')]
     pub crls: Vec<PathBuf>,
 
@@ -151,6 +153,9 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: PathBuf,
+    /// The development PKI's CRL (`certs revoke` writes it), loaded and
+    /// watched like a --crl; `None` with explicitly named files.
+    pub dev_crl: Option<PathBuf>,
 }
 
 impl ServerArgs {
@@ -184,6 +189,7 @@ impl ServerArgs {
                 cert: cert.clone(),
                 key: key.clone(),
                 client_ca: client_ca.clone(),
+                dev_crl: None,
             }),
             // clap's `requires_all` makes these three all-or-nothing.
             _ => ensure_dev_pki(
@@ -198,12 +204,19 @@ impl ServerArgs {
 /// server files exist or when its server certificate has expired (dev
 /// certificates live for days). A partial PKI is an error rather than
 /// something to overwrite silently.
+///
+/// Revocation is on in development: the PKI's `crl.pem` is always used, so
+/// that `certs revoke NAME` takes effect on the running server. A PKI made
+/// before the CRL existed (or whose CRL was deleted) gets an empty one,
+/// signed by its CA; without the CA key no CRL can be signed (nor any
+/// certificate revoked), and the server runs without one, saying so.
 pub fn ensure_dev_pki(dir: &Path, opts: &DevPkiOptions) -> Result<TlsFiles, ConfigErrors> {
     let paths = DevPkiPaths::new(dir);
-    let files = TlsFiles {
+    let mut files = TlsFiles {
         cert: paths.cert("server"),
         key: paths.key("server"),
         client_ca: paths.ca_cert(),
+        dev_crl: None,
     };
     let present = [&files.cert, &files.key, &files.client_ca].map(|p| p.exists());
     let regenerate = match present {
@@ -237,7 +250,35 @@ pub fn ensure_dev_pki(dir: &Path, opts: &DevPkiOptions) -> Result<TlsFiles, Conf
             .map_err(|e| ConfigErrors(vec![format!("generating the development PKI: {e}")]))?;
         info!(files = written.len(), dir = %dir.display(), "development PKI written; private keys are mode 0600");
     }
+    files.dev_crl = ensure_dev_crl(&paths, opts)?;
     Ok(files)
+}
+
+/// The dev PKI's CRL, made empty if absent and the CA key is there.
+fn ensure_dev_crl(
+    paths: &DevPkiPaths,
+    opts: &DevPkiOptions,
+) -> Result<Option<PathBuf>, ConfigErrors> {
+    let crl = paths.crl();
+    if crl.exists() {
+        return Ok(Some(crl));
+    }
+    if !paths.ca_key().exists() {
+        warn!(crl = %crl.display(), ca_key = %paths.ca_key().display(), "no development CRL and no CA key to sign one: client certificates are not revocation-checked");
+        return Ok(None);
+    }
+    let ca = pki::CertificateAuthority::from_pem_files(&paths.ca_cert(), &paths.ca_key())
+        .map_err(|e| ConfigErrors(vec![format!("making the development CRL: {e}")]))?;
+    pki::write_empty_crl(&ca, paths, opts.leaf_days)
+        .map_err(|e| ConfigErrors(vec![format!("making the development CRL: {e}")]))?;
+    info!(crl = %crl.display(), "no development CRL found: wrote an empty one (certs revoke adds to it)");
+    Ok(Some(crl))
+}
+
+/// Whether `a` and `b` name the same file (so the dev CRL named with --crl
+/// too is not loaded twice).
+fn same_file(a: &Path, b: &Path) -> bool {
+    a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b)
 }
 
 fn server_cert_expired(path: &Path) -> Option<bool> {
@@ -253,11 +294,17 @@ pub fn load(
     identities: &DevIdentities,
 ) -> Result<(ServerParts, Arc<ServerReloader>), ConfigErrors> {
     let files = args.tls_files(identities)?;
+    let mut crls = args.crls.clone();
+    if let Some(dev_crl) = &files.dev_crl {
+        if !crls.iter().any(|c| same_file(c, dev_crl)) {
+            crls.push(dev_crl.clone());
+        }
+    }
     let sources = ServerSources {
         cert: files.cert.clone(),
         key: files.key.clone(),
         client_ca: files.client_ca.clone(),
-        crls: args.crls.clone(),
+        crls: crls.clone(),
         policy: args.policy.clone(),
         tls: ServerTlsOptions {
             min_version: args.min_tls_version,
@@ -268,7 +315,7 @@ pub fn load(
     let (deny, allow) = policy.rule_counts();
     info!(
         policy = %args.policy.display(), name = policy.name(), deny_rules = deny, allow_rules = allow,
-        cert = %files.cert.display(), client_ca = %files.client_ca.display(), crls = args.crls.len(),
+        cert = %files.cert.display(), client_ca = %files.client_ca.display(), crls = crls.len(),
         dry_run = args.dry_run,
         "configuration loaded"
     );
@@ -323,6 +370,25 @@ mod tests {
             e.contains("incomplete") && e.contains("server.key") && e.contains("--force"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_dev_pki_without_a_crl_gets_an_empty_one_unless_the_ca_key_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let crl = ensure_dev_pki(dir.path(), &opts())
+            .unwrap()
+            .dev_crl
+            .unwrap();
+        std::fs::remove_file(&crl).unwrap();
+        let again = ensure_dev_pki(dir.path(), &opts()).unwrap();
+        assert_eq!(again.dev_crl.as_deref(), Some(crl.as_path()));
+        tls::parse_crls(&std::fs::read(&crl).unwrap(), &crl).unwrap();
+
+        // Without the CA key no CRL can be signed: serve without one.
+        std::fs::remove_file(&crl).unwrap();
+        std::fs::remove_file(DevPkiPaths::new(dir.path()).ca_key()).unwrap();
+        assert_eq!(ensure_dev_pki(dir.path(), &opts()).unwrap().dev_crl, None);
+        assert!(!crl.exists());
     }
 
     #[test]

@@ -12,7 +12,8 @@
 mod files;
 
 pub use files::{
-    issue_client, issue_server, revoke, serial_of, write_dev_pki, DevPkiOptions, DevPkiPaths,
+    issue_client, issue_server, revoke, serial_of, write_dev_pki, write_empty_crl, DevPkiOptions,
+    DevPkiPaths,
 };
 
 use std::fmt;
