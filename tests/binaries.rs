@@ -349,7 +349,7 @@ fn certs_revoke_and_sighup_cut_a_client_off() {
 }
 
 #[test]
-fn dev_pki_revocation_is_on_without_flags() {
+fn dev_pki_revocation_and_strict_spiffe_are_on_without_flags() {
     let dir = project_dir();
     let out = run(Command::new(CERTS).current_dir(dir.path()).arg("init"));
     assert!(out.status.success(), "{}", stderr(&out));
@@ -366,7 +366,14 @@ fn dev_pki_revocation_is_on_without_flags() {
         .filter_map(|l| serde_json::from_str(l).ok())
         .find(|e: &serde_json::Value| e["message"] == "configuration loaded")
         .unwrap();
+    assert_eq!(loaded["spiffe_trust_domain"], "example.org", "{loaded}");
     assert_eq!(loaded["crls"], 1, "{loaded}");
+    // The dev server certificate is verified by name; the server says so.
+    assert!(
+        log.iter()
+            .any(|l| l.contains("the server certificate is not an X.509-SVID")),
+        "{log:#?}"
+    );
 
     let before = client(dir.path(), &addr, &["--identity", "reader", "health"]);
     assert!(before.status.success(), "{}", stderr(&before));
@@ -395,6 +402,33 @@ fn dev_pki_revocation_is_on_without_flags() {
     let other = client(dir.path(), &addr, &["--identity", "writer", "health"]);
     assert!(other.status.success(), "{}", stderr(&other));
 
+    // Strict SPIFFE mode: a certificate from the same CA with an ID in
+    // another trust domain is refused in the handshake, and the log says why.
+    let stranger = run(Command::new(CERTS).current_dir(dir.path()).args([
+        "--trust-domain",
+        "other.example",
+        "client",
+        "stranger",
+    ]));
+    assert!(stranger.status.success(), "{}", stderr(&stranger));
+    let refused = client(dir.path(), &addr, &["--identity", "stranger", "health"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        !stderr(&refused).contains("PERMISSION_DENIED"),
+        "{}",
+        stderr(&refused)
+    );
+    let why = wait_for_log(
+        &lines,
+        "client certificate refused: not an X.509-SVID of the trust domain (strict SPIFFE mode)",
+    );
+    assert!(
+        why["reason"]
+            .as_str()
+            .unwrap()
+            .contains("\"spiffe://other.example/stranger\" is not in trust domain \"example.org\""),
+        "{why}"
+    );
     server.kill().unwrap();
     server.wait().unwrap();
 }

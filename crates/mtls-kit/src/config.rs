@@ -49,9 +49,17 @@ pub struct ServerArgs {
     pub client_ca: Option<PathBuf>,
 
     /// SPIFFE trust domain of the development PKI's identities, when the
-    /// server generates one. [default: the service's]
+    /// server generates one; with the dev PKI, also the default of
+    /// --spiffe-trust-domain. [default: the service's]
     #[arg(long, env = "SPIFFE_TRUST_DOMAIN", value_parser = parse_trust_domain)]
     pub trust_domain: Option<String>,
+
+    /// Strict SPIFFE mode: a client certificate must be an X.509-SVID of
+    /// this trust domain (exactly one URI SAN, a SPIFFE ID in it, not a
+    /// CA), or the handshake is refused. [default: with the dev PKI, its
+    /// trust domain (--trust-domain); with --cert/--key/--client-ca, off]
+    #[arg(long, env = "SERVER_SPIFFE_TRUST_DOMAIN", value_parser = parse_trust_domain)]
+    pub spiffe_trust_domain: Option<String>,
 
     /// Authorization policy (gRPC A43 JSON).
     #[arg(long, env = "SERVER_POLICY", default_value = DEFAULT_POLICY)]
@@ -156,6 +164,9 @@ pub struct TlsFiles {
     /// The development PKI's CRL (`certs revoke` writes it), loaded and
     /// watched like a --crl; `None` with explicitly named files.
     pub dev_crl: Option<PathBuf>,
+    /// The development PKI's trust domain, the default of strict SPIFFE
+    /// mode; `None` with explicitly named files.
+    pub dev_trust_domain: Option<String>,
 }
 
 impl ServerArgs {
@@ -190,6 +201,7 @@ impl ServerArgs {
                 key: key.clone(),
                 client_ca: client_ca.clone(),
                 dev_crl: None,
+                dev_trust_domain: None,
             }),
             // clap's `requires_all` makes these three all-or-nothing.
             _ => ensure_dev_pki(
@@ -217,6 +229,7 @@ pub fn ensure_dev_pki(dir: &Path, opts: &DevPkiOptions) -> Result<TlsFiles, Conf
         key: paths.key("server"),
         client_ca: paths.ca_cert(),
         dev_crl: None,
+        dev_trust_domain: Some(opts.trust_domain.clone()),
     };
     let present = [&files.cert, &files.key, &files.client_ca].map(|p| p.exists());
     let regenerate = match present {
@@ -281,6 +294,21 @@ fn same_file(a: &Path, b: &Path) -> bool {
     a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b)
 }
 
+/// Strict SPIFFE mode holds clients to the X.509-SVID rules; the server's
+/// own certificate is verified by clients by name only, so one that is not
+/// an SVID still serves. Say so once, at startup, so that it is a choice.
+fn warn_unless_svid(cert: &Path, trust_domain: &str) {
+    let Ok(chain) = tls::read_certs(cert, "certificate") else {
+        return; // unreachable after a successful load; nothing to add
+    };
+    if let Some(Err(reason)) = chain
+        .first()
+        .map(|leaf| crate::spiffe_verifier::check_svid(leaf, trust_domain))
+    {
+        warn!(cert = %cert.display(), %trust_domain, %reason, "the server certificate is not an X.509-SVID of the trust domain; clients verify it by name (DNS/IP SANs) only");
+    }
+}
+
 fn server_cert_expired(path: &Path) -> Option<bool> {
     let certs = tls::read_certs(path, "certificate").ok()?;
     let (_, cert) = x509_parser::parse_x509_certificate(certs.first()?).ok()?;
@@ -300,6 +328,10 @@ pub fn load(
             crls.push(dev_crl.clone());
         }
     }
+    let spiffe_trust_domain = args
+        .spiffe_trust_domain
+        .clone()
+        .or(files.dev_trust_domain.clone());
     let sources = ServerSources {
         cert: files.cert.clone(),
         key: files.key.clone(),
@@ -308,14 +340,19 @@ pub fn load(
         policy: args.policy.clone(),
         tls: ServerTlsOptions {
             min_version: args.min_tls_version,
+            spiffe_trust_domain: spiffe_trust_domain.clone(),
         },
     };
     let loaded = ServerReloader::load(sources).map_err(ConfigErrors)?;
+    if let Some(trust_domain) = &spiffe_trust_domain {
+        warn_unless_svid(&files.cert, trust_domain);
+    }
     let policy = loaded.policy.load();
     let (deny, allow) = policy.rule_counts();
     info!(
         policy = %args.policy.display(), name = policy.name(), deny_rules = deny, allow_rules = allow,
         cert = %files.cert.display(), client_ca = %files.client_ca.display(), crls = crls.len(),
+        spiffe_trust_domain = spiffe_trust_domain.as_deref().unwrap_or("(off)"),
         dry_run = args.dry_run,
         "configuration loaded"
     );

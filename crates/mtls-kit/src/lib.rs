@@ -7,6 +7,8 @@
 //!
 //! * [`tls`]: the one place that reads PEM files and builds rustls configs,
 //!   for server and client alike;
+//! * [`spiffe_verifier`]: strict SPIFFE mode, a client certificate must be
+//!   an X.509-SVID of one trust domain;
 //! * [`conn`]: accepts TCP, runs the TLS handshake under a deadline, and
 //!   reads the peer's identity once per connection;
 //! * [`identity`] (with [`rfc2253`]): certificate in, typed peer identity
@@ -43,6 +45,7 @@ pub mod policy;
 pub mod reload;
 pub mod rfc2253;
 pub mod server;
+pub mod spiffe_verifier;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -15,10 +15,13 @@ use std::sync::Arc;
 
 use rustls::crypto::aws_lc_rs::{self, kx_group};
 use rustls::crypto::{CryptoProvider, SupportedKxGroup};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
 use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
+
+use crate::spiffe_verifier::SpiffeClientVerifier;
 
 /// ALPN protocol id of HTTP/2. gRPC C-core clients (Python grpcio, C++,
 /// Ruby, ...) refuse a TLS server that does not select it.
@@ -352,9 +355,13 @@ impl RevocationLists {
 }
 
 /// Server-side TLS settings.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ServerTlsOptions {
     pub min_version: MinTlsVersion,
+    /// Strict SPIFFE mode: when set, a client certificate must also be an
+    /// X.509-SVID of this trust domain ([`crate::spiffe_verifier`]).
+    /// Default: off.
+    pub spiffe_trust_domain: Option<String>,
 }
 
 /// Builds the server config: the server's certificate, a client
@@ -365,6 +372,9 @@ pub struct ServerTlsOptions {
 /// of its issuer. A certificate whose issuer has no CRL configured is not
 /// revocation-checked (rather than refused), so that adding a CA without a
 /// CRL does not lock out its clients.
+///
+/// With `opts.spiffe_trust_domain`, a client certificate that passes those
+/// checks must also be an X.509-SVID of that trust domain.
 ///
 /// Resumption is off because a resumed TLS 1.3 session restores the client
 /// certificate from the ticket without verifying it again: a certificate
@@ -410,6 +420,10 @@ pub fn server_config(
             source,
         },
     })?;
+    let verifier: Arc<dyn ClientCertVerifier> = match &opts.spiffe_trust_domain {
+        Some(trust_domain) => Arc::new(SpiffeClientVerifier::new(verifier, trust_domain)),
+        None => verifier,
+    };
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(opts.min_version.versions())?
         .with_client_cert_verifier(verifier)
@@ -536,7 +550,11 @@ mod tests {
         let client_id =
             CertifiedKeyFiles::in_memory(vec![c.cert_der.clone()], c.key_der(), "client");
         let server_for = |min_version| {
-            server_config(&server_id, &anchors, &[], ServerTlsOptions { min_version }).unwrap()
+            let opts = ServerTlsOptions {
+                min_version,
+                ..ServerTlsOptions::default()
+            };
+            server_config(&server_id, &anchors, &[], opts).unwrap()
         };
         let client_for = |min_version| {
             client_config(&client_id, &anchors, ClientTlsOptions { min_version }).unwrap()

@@ -15,4 +15,5 @@ mod reload;
 mod revocation;
 mod rotation;
 mod shutdown;
+mod spiffe_strict;
 mod tls_refusal;
