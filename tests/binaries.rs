@@ -393,3 +393,117 @@ fn a_typo_in_a_policy_path_warns_by_default_and_stops_startup_when_strict() {
         );
     }
 }
+
+#[test]
+fn dev_pki_revocation_and_strict_spiffe_are_on_without_flags() {
+    let dir = project_dir();
+    let out = run(Command::new(CERTS).current_dir(dir.path()).arg("init"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    // A dev PKI from before the CRL existed: the server makes an empty one.
+    std::fs::remove_file(dir.path().join("certs/crl.pem")).unwrap();
+    let (mut server, addr, log, lines) = start_server_logs(dir.path(), &[]);
+    assert!(
+        log.iter().any(|l| l.contains("wrote an empty one")),
+        "{log:#?}"
+    );
+    assert!(dir.path().join("certs/crl.pem").exists());
+    let loaded: serde_json::Value = log
+        .iter()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .find(|e: &serde_json::Value| e["message"] == "configuration loaded")
+        .unwrap();
+    assert_eq!(loaded["spiffe_trust_domain"], "example.org", "{loaded}");
+    assert_eq!(loaded["crls"], 1, "{loaded}");
+    // The dev server certificate is verified by name; the server says so.
+    assert!(
+        log.iter()
+            .any(|l| l.contains("the server certificate is not an X.509-SVID")),
+        "{log:#?}"
+    );
+
+    let before = client(dir.path(), &addr, &["--identity", "reader", "health"]);
+    assert!(before.status.success(), "{}", stderr(&before));
+
+    // Revoked while running, with no --crl and no signal.
+    let revoke = run(Command::new(CERTS)
+        .current_dir(dir.path())
+        .args(["revoke", "reader"]));
+    assert!(revoke.status.success(), "{}", stderr(&revoke));
+    let reloaded = wait_for_log(&lines, "configuration reloaded");
+    assert_eq!(reloaded["changed"], "certs/crl.pem");
+    let after = client(dir.path(), &addr, &["--identity", "reader", "health"]);
+    assert_eq!(after.status.code(), Some(1));
+    // The client may see the alert or only the closed connection (it can be
+    // writing when the server hangs up); the server's log says why.
+    assert!(
+        !stderr(&after).contains("PERMISSION_DENIED"),
+        "{}",
+        stderr(&after)
+    );
+    let refused = wait_for_log(&lines, "TLS handshake refused");
+    assert!(
+        refused["error"].as_str().unwrap().contains("Revoked"),
+        "{refused}"
+    );
+    let other = client(dir.path(), &addr, &["--identity", "writer", "health"]);
+    assert!(other.status.success(), "{}", stderr(&other));
+
+    // Strict SPIFFE mode: a certificate from the same CA with an ID in
+    // another trust domain is refused in the handshake, and the log says why.
+    let stranger = run(Command::new(CERTS).current_dir(dir.path()).args([
+        "--trust-domain",
+        "other.example",
+        "client",
+        "stranger",
+    ]));
+    assert!(stranger.status.success(), "{}", stderr(&stranger));
+    let refused = client(dir.path(), &addr, &["--identity", "stranger", "health"]);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        !stderr(&refused).contains("PERMISSION_DENIED"),
+        "{}",
+        stderr(&refused)
+    );
+    let why = wait_for_log(
+        &lines,
+        "client certificate refused: not an X.509-SVID of the trust domain (strict SPIFFE mode)",
+    );
+    assert!(
+        why["reason"]
+            .as_str()
+            .unwrap()
+            .contains("\"spiffe://other.example/stranger\" is not in trust domain \"example.org\""),
+        "{why}"
+    );
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+#[test]
+fn a_named_crl_that_is_missing_stops_startup() {
+    let dir = project_dir();
+    let out = run(Command::new(CERTS).current_dir(dir.path()).arg("init"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    for tls_files in [
+        &[][..],
+        &[
+            "--cert",
+            "certs/server.pem",
+            "--key",
+            "certs/server.key",
+            "--client-ca",
+            "certs/ca.pem",
+        ][..],
+    ] {
+        let out = run(Command::new(SERVER)
+            .current_dir(dir.path())
+            .args(["--listen", "127.0.0.1:0", "--crl", "certs/revoked.pem"])
+            .args(tls_files));
+        assert_eq!(out.status.code(), Some(1), "{tls_files:?}");
+        assert_eq!(
+            stderr(&out).trim(),
+            "error: certs/revoked.pem: No such file or directory (os error 2)",
+            "{tls_files:?}"
+        );
+    }
+}

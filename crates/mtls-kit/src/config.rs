@@ -50,9 +50,17 @@ pub struct ServerArgs {
     pub client_ca: Option<PathBuf>,
 
     /// SPIFFE trust domain of the development PKI's identities, when the
-    /// server generates one. [default: the service's]
+    /// server generates one; with the dev PKI, also the default of
+    /// --spiffe-trust-domain. [default: the service's]
     #[arg(long, env = "SPIFFE_TRUST_DOMAIN", value_parser = parse_trust_domain)]
     pub trust_domain: Option<String>,
+
+    /// Strict SPIFFE mode: a client certificate must be an X.509-SVID of
+    /// this trust domain (exactly one URI SAN, a SPIFFE ID in it, not a
+    /// CA), or the handshake is refused. [default: with the dev PKI, its
+    /// trust domain (--trust-domain); with --cert/--key/--client-ca, off]
+    #[arg(long, env = "SERVER_SPIFFE_TRUST_DOMAIN", value_parser = parse_trust_domain)]
+    pub spiffe_trust_domain: Option<String>,
 
     /// Authorization policy (gRPC A43 JSON).
     #[arg(long, env = "SERVER_POLICY", default_value = DEFAULT_POLICY)]
@@ -108,7 +116,9 @@ pub struct ServerArgs {
     pub drain_timeout_secs: u64,
 
     /// Certificate revocation list (PEM) to check client certificates
-    /// against. Repeatable; in the environment, comma-separated.
+    /// against. Repeatable; in the environment, comma-separated. A file
+    /// named here must exist at startup. With the dev PKI, certs/crl.pem is
+    /// always loaded too. [default: none; with the dev PKI, certs/crl.pem]
     #[arg(long = "crl", env = "SERVER_CRL", value_delimiter = ',')]
     pub crls: Vec<PathBuf>,
 
@@ -180,6 +190,12 @@ pub struct TlsFiles {
     pub cert: PathBuf,
     pub key: PathBuf,
     pub client_ca: PathBuf,
+    /// The development PKI's CRL (`certs revoke` writes it), loaded and
+    /// watched like a --crl; `None` with explicitly named files.
+    pub dev_crl: Option<PathBuf>,
+    /// The development PKI's trust domain, the default of strict SPIFFE
+    /// mode; `None` with explicitly named files.
+    pub dev_trust_domain: Option<String>,
 }
 
 impl ServerArgs {
@@ -218,6 +234,8 @@ impl ServerArgs {
                 cert: cert.clone(),
                 key: key.clone(),
                 client_ca: client_ca.clone(),
+                dev_crl: None,
+                dev_trust_domain: None,
             }),
             // clap's `requires_all` makes these three all-or-nothing.
             _ => ensure_dev_pki(
@@ -232,12 +250,20 @@ impl ServerArgs {
 /// server files exist or when its server certificate has expired (dev
 /// certificates live for days). A partial PKI is an error rather than
 /// something to overwrite silently.
+///
+/// Revocation is on in development: the PKI's `crl.pem` is always used, so
+/// that `certs revoke NAME` takes effect on the running server. A PKI made
+/// before the CRL existed (or whose CRL was deleted) gets an empty one,
+/// signed by its CA; without the CA key no CRL can be signed (nor any
+/// certificate revoked), and the server runs without one, saying so.
 pub fn ensure_dev_pki(dir: &Path, opts: &DevPkiOptions) -> Result<TlsFiles, ConfigErrors> {
     let paths = DevPkiPaths::new(dir);
-    let files = TlsFiles {
+    let mut files = TlsFiles {
         cert: paths.cert("server"),
         key: paths.key("server"),
         client_ca: paths.ca_cert(),
+        dev_crl: None,
+        dev_trust_domain: Some(opts.trust_domain.clone()),
     };
     let present = [&files.cert, &files.key, &files.client_ca].map(|p| p.exists());
     let regenerate = match present {
@@ -271,7 +297,50 @@ pub fn ensure_dev_pki(dir: &Path, opts: &DevPkiOptions) -> Result<TlsFiles, Conf
             .map_err(|e| ConfigErrors(vec![format!("generating the development PKI: {e}")]))?;
         info!(files = written.len(), dir = %dir.display(), "development PKI written; private keys are mode 0600");
     }
+    files.dev_crl = ensure_dev_crl(&paths, opts)?;
     Ok(files)
+}
+
+/// The dev PKI's CRL, made empty if absent and the CA key is there.
+fn ensure_dev_crl(
+    paths: &DevPkiPaths,
+    opts: &DevPkiOptions,
+) -> Result<Option<PathBuf>, ConfigErrors> {
+    let crl = paths.crl();
+    if crl.exists() {
+        return Ok(Some(crl));
+    }
+    if !paths.ca_key().exists() {
+        warn!(crl = %crl.display(), ca_key = %paths.ca_key().display(), "no development CRL and no CA key to sign one: client certificates are not revocation-checked");
+        return Ok(None);
+    }
+    let ca = pki::CertificateAuthority::from_pem_files(&paths.ca_cert(), &paths.ca_key())
+        .map_err(|e| ConfigErrors(vec![format!("making the development CRL: {e}")]))?;
+    pki::write_empty_crl(&ca, paths, opts.leaf_days)
+        .map_err(|e| ConfigErrors(vec![format!("making the development CRL: {e}")]))?;
+    info!(crl = %crl.display(), "no development CRL found: wrote an empty one (certs revoke adds to it)");
+    Ok(Some(crl))
+}
+
+/// Whether `a` and `b` name the same file (so the dev CRL named with --crl
+/// too is not loaded twice).
+fn same_file(a: &Path, b: &Path) -> bool {
+    a == b || matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b)
+}
+
+/// Strict SPIFFE mode holds clients to the X.509-SVID rules; the server's
+/// own certificate is verified by clients by name only, so one that is not
+/// an SVID still serves. Say so once, at startup, so that it is a choice.
+fn warn_unless_svid(cert: &Path, trust_domain: &str) {
+    let Ok(chain) = tls::read_certs(cert, "certificate") else {
+        return; // unreachable after a successful load; nothing to add
+    };
+    if let Some(Err(reason)) = chain
+        .first()
+        .map(|leaf| crate::spiffe_verifier::check_svid(leaf, trust_domain))
+    {
+        warn!(cert = %cert.display(), %trust_domain, %reason, "the server certificate is not an X.509-SVID of the trust domain; clients verify it by name (DNS/IP SANs) only");
+    }
 }
 
 fn server_cert_expired(path: &Path) -> Option<bool> {
@@ -290,11 +359,21 @@ pub fn load(
     served: ServedMethods,
 ) -> Result<(ServerParts, Arc<ServerReloader>), ConfigErrors> {
     let files = args.tls_files(identities)?;
+    let mut crls = args.crls.clone();
+    if let Some(dev_crl) = &files.dev_crl {
+        if !crls.iter().any(|c| same_file(c, dev_crl)) {
+            crls.push(dev_crl.clone());
+        }
+    }
+    let spiffe_trust_domain = args
+        .spiffe_trust_domain
+        .clone()
+        .or(files.dev_trust_domain.clone());
     let sources = ServerSources {
         cert: files.cert.clone(),
         key: files.key.clone(),
         client_ca: files.client_ca.clone(),
-        crls: args.crls.clone(),
+        crls: crls.clone(),
         policy: args.policy.clone(),
         policy_check: PathCheck {
             served: Some(Arc::new(served)),
@@ -302,14 +381,19 @@ pub fn load(
         },
         tls: ServerTlsOptions {
             min_version: args.min_tls_version,
+            spiffe_trust_domain: spiffe_trust_domain.clone(),
         },
     };
     let loaded = ServerReloader::load(sources).map_err(ConfigErrors)?;
+    if let Some(trust_domain) = &spiffe_trust_domain {
+        warn_unless_svid(&files.cert, trust_domain);
+    }
     let policy = loaded.policy.load();
     let (deny, allow) = policy.rule_counts();
     info!(
         policy = %args.policy.display(), name = policy.name(), deny_rules = deny, allow_rules = allow,
-        cert = %files.cert.display(), client_ca = %files.client_ca.display(), crls = args.crls.len(),
+        cert = %files.cert.display(), client_ca = %files.client_ca.display(), crls = crls.len(),
+        spiffe_trust_domain = spiffe_trust_domain.as_deref().unwrap_or("(off)"),
         dry_run = args.dry_run,
         "configuration loaded"
     );
@@ -364,6 +448,25 @@ mod tests {
             e.contains("incomplete") && e.contains("server.key") && e.contains("--force"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_dev_pki_without_a_crl_gets_an_empty_one_unless_the_ca_key_is_gone() {
+        let dir = tempfile::tempdir().unwrap();
+        let crl = ensure_dev_pki(dir.path(), &opts())
+            .unwrap()
+            .dev_crl
+            .unwrap();
+        std::fs::remove_file(&crl).unwrap();
+        let again = ensure_dev_pki(dir.path(), &opts()).unwrap();
+        assert_eq!(again.dev_crl.as_deref(), Some(crl.as_path()));
+        tls::parse_crls(&std::fs::read(&crl).unwrap(), &crl).unwrap();
+
+        // Without the CA key no CRL can be signed: serve without one.
+        std::fs::remove_file(&crl).unwrap();
+        std::fs::remove_file(DevPkiPaths::new(dir.path()).ca_key()).unwrap();
+        assert_eq!(ensure_dev_pki(dir.path(), &opts()).unwrap().dev_crl, None);
+        assert!(!crl.exists());
     }
 
     #[test]

@@ -13,6 +13,8 @@
 //!   per connection;
 //! * [`connections`]: serves each connection, with its own jittered
 //!   maximum age;
+//! * [`spiffe_verifier`]: strict SPIFFE mode, a client certificate must be
+//!   an X.509-SVID of one trust domain;
 //! * [`identity`] (with [`rfc2253`]): certificate in, typed peer identity
 //!   out (SPIFFE/URI SANs, DNS SANs, Subject as gRPC renders it);
 //! * [`policy`]: the A43 policy as pure data, compiled to an index, and the
@@ -55,6 +57,7 @@ pub mod reload;
 pub mod rfc2253;
 pub mod server;
 pub mod settle;
+pub mod spiffe_verifier;
 pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;

@@ -182,7 +182,8 @@ impl ServerSources {
                     cert_path: self.cert.clone(),
                     key_path: self.key.clone(),
                 };
-                tls::server_config(&identity, &ca, &crls, self.tls).map_err(|e| e.to_string())
+                tls::server_config(&identity, &ca, &crls, self.tls.clone())
+                    .map_err(|e| e.to_string())
             }
             _ => Err(errors.join("\n")),
         }

@@ -4,21 +4,29 @@
 //! Both sides use the same crypto provider ([`provider`]), the same protocol
 //! versions and ALPN `h2`, so the two can never drift apart.
 //!
-//! Crypto provider: *ring*. It is the smaller build (no CMake, no Go, no
-//! assembler toolchain beyond a C compiler), which keeps the Docker builder
-//! image minimal and cold builds fast on small CI machines. aws-lc-rs would
-//! add FIPS and post-quantum key exchange; switch by changing the `ring`
-//! features in Cargo.toml and [`provider`].
+//! Crypto provider: *aws-lc-rs* (rustls' default), the only one in the
+//! build. It brings post-quantum hybrid key exchange (X25519MLKEM768, see
+//! [`KX_GROUPS`]) and a FIPS 140-3 validated build (feature `fips`, see the
+//! README). It builds with a C compiler alone on Linux x86_64/aarch64.
 
-use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
-use rustls::crypto::CryptoProvider;
+use rustls::crypto::aws_lc_rs::{self, kx_group};
+use rustls::crypto::{CryptoProvider, SupportedKxGroup};
+use rustls::server::danger::ClientCertVerifier;
 use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
-use rustls::{ClientConfig, RootCertStore, ServerConfig, SupportedProtocolVersion};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer, ServerName};
+use rustls::{ClientConfig, ServerConfig, SupportedProtocolVersion};
+use rustls_pki_types::ServerName;
+
+use crate::spiffe_verifier::SpiffeClientVerifier;
+
+// Reading PEM files: its own file, so that this one is about configs.
+mod pem;
+pub use pem::{
+    parse_certs, parse_crls, parse_key, read_certs, read_key, CertifiedKeyFiles, RevocationLists,
+    TrustAnchors,
+};
 
 /// ALPN protocol id of HTTP/2. gRPC C-core clients (Python grpcio, C++,
 /// Ruby, ...) refuse a TLS server that does not select it.
@@ -65,9 +73,42 @@ pub enum TlsError {
     Config(#[from] rustls::Error),
 }
 
-/// The crypto provider both sides use.
+/// Key exchange groups, most preferred first, for both sides.
+///
+/// * X25519MLKEM768 first: a hybrid of X25519 and ML-KEM-768, so that
+///   traffic recorded today cannot be decrypted later by a quantum computer
+///   ("harvest now, decrypt later"), while staying at least as strong as
+///   X25519 if ML-KEM turns out weak. A rustls server takes the first
+///   group in the *client's* list that it supports, so this order matters
+///   most on the client side; every client built here offers the hybrid
+///   first.
+/// * X25519 next, for peers without ML-KEM.
+/// * P-256 last, for older peers: gRPC C++ 1.51 on Debian's OpenSSL offers
+///   nothing else.
+///
+/// Spelled out rather than taken from rustls' defaults: with rustls'
+/// default features off (as here), its `prefer-post-quantum` feature is off
+/// too and X25519MLKEM768 would come *last*, i.e. never be chosen against
+/// a peer that offers X25519. P-384 is left out: no peer of ours needs it.
+pub static KX_GROUPS: &[&dyn SupportedKxGroup] = &[
+    kx_group::X25519MLKEM768,
+    kx_group::X25519,
+    kx_group::SECP256R1,
+];
+
+/// The crypto provider both sides use: aws-lc-rs with [`KX_GROUPS`].
+///
+/// In a FIPS build (`--features fips`), groups that are not FIPS-approved
+/// (X25519 alone) are dropped, as rustls' own FIPS defaults do.
 pub fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    let mut kx_groups = KX_GROUPS.to_vec();
+    if cfg!(feature = "fips") {
+        kx_groups.retain(|group| group.fips());
+    }
+    Arc::new(CryptoProvider {
+        kx_groups,
+        ..aws_lc_rs::default_provider()
+    })
 }
 
 /// Which TLS versions to offer.
@@ -95,233 +136,14 @@ impl MinTlsVersion {
     }
 }
 
-/// A certificate chain and its private key, as read from PEM files.
-pub struct CertifiedKeyFiles {
-    pub chain: Vec<CertificateDer<'static>>,
-    pub key: PrivateKeyDer<'static>,
-    /// Where they came from, for error messages.
-    pub cert_path: PathBuf,
-    pub key_path: PathBuf,
-}
-
-impl CertifiedKeyFiles {
-    /// Reads a PEM certificate chain (leaf first) and a PEM private key
-    /// (PKCS#8, PKCS#1 or SEC1).
-    pub fn read(cert_path: &Path, key_path: &Path) -> Result<Self, TlsError> {
-        Ok(Self {
-            chain: read_certs(cert_path, "certificate")?,
-            key: read_key(key_path)?,
-            cert_path: cert_path.to_owned(),
-            key_path: key_path.to_owned(),
-        })
-    }
-
-    /// Parses PEM contents already read from `cert_path` and `key_path`.
-    pub fn from_pem(
-        cert_path: &Path,
-        cert_pem: &[u8],
-        key_path: &Path,
-        key_pem: &[u8],
-    ) -> Result<Self, TlsError> {
-        Ok(Self {
-            chain: parse_certs(cert_pem, cert_path, "certificate")?,
-            key: parse_key(key_pem, key_path)?,
-            cert_path: cert_path.to_owned(),
-            key_path: key_path.to_owned(),
-        })
-    }
-
-    /// Wraps in-memory material (tests); `label` stands in for the paths in
-    /// error messages.
-    pub fn in_memory(
-        chain: Vec<CertificateDer<'static>>,
-        key: PrivateKeyDer<'static>,
-        label: &str,
-    ) -> Self {
-        Self {
-            chain,
-            key,
-            cert_path: PathBuf::from(format!("<{label} certificate>")),
-            key_path: PathBuf::from(format!("<{label} key>")),
-        }
-    }
-}
-
-impl CertifiedKeyFiles {
-    /// The error for a certificate and key rustls will not use together.
-    fn unusable(&self, source: rustls::Error) -> TlsError {
-        TlsError::CertKey {
-            cert: self.cert_path.clone(),
-            key: self.key_path.clone(),
-            source,
-        }
-    }
-}
-
-// Hand-written: the key must never reach a log line.
-impl fmt::Debug for CertifiedKeyFiles {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("CertifiedKeyFiles")
-            .field("cert_path", &self.cert_path)
-            .field("chain_len", &self.chain.len())
-            .field("key_path", &self.key_path)
-            .field("key", &"<redacted>")
-            .finish()
-    }
-}
-
-/// A set of trusted CA certificates, as read from a PEM bundle.
-#[derive(Clone, Debug)]
-pub struct TrustAnchors {
-    pub certs: Vec<CertificateDer<'static>>,
-    pub path: PathBuf,
-}
-
-impl TrustAnchors {
-    pub fn read(path: &Path) -> Result<Self, TlsError> {
-        Ok(Self {
-            certs: read_certs(path, "CA certificate")?,
-            path: path.to_owned(),
-        })
-    }
-
-    pub fn from_pem(path: &Path, pem: &[u8]) -> Result<Self, TlsError> {
-        Ok(Self {
-            certs: parse_certs(pem, path, "CA certificate")?,
-            path: path.to_owned(),
-        })
-    }
-
-    pub fn in_memory(certs: Vec<CertificateDer<'static>>, label: &str) -> Self {
-        Self {
-            certs,
-            path: PathBuf::from(format!("<{label}>")),
-        }
-    }
-
-    fn root_store(&self) -> Result<RootCertStore, TlsError> {
-        let mut store = RootCertStore::empty();
-        for cert in &self.certs {
-            store.add(cert.clone()).map_err(|source| TlsError::BadCa {
-                path: self.path.clone(),
-                what: "a certificate in the bundle",
-                source,
-            })?;
-        }
-        Ok(store)
-    }
-}
-
-/// Reads every certificate of a PEM file. Refuses a file with none.
-pub fn read_certs(
-    path: &Path,
-    what: &'static str,
-) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    parse_certs(&read(path)?, path, what)
-}
-
-fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
-        path: path.to_owned(),
-        source,
-    })
-}
-
-/// Parses every certificate of PEM `bytes` read from `path`. Refuses input
-/// with none, and input whose last block is cut short (a file caught
-/// half-written).
-pub fn parse_certs(
-    bytes: &[u8],
-    path: &Path,
-    what: &'static str,
-) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    parse_all(bytes, path, what)
-}
-
-/// Every PEM item of type `T` in `bytes`; at least one.
-fn parse_all<T: PemObject>(
-    bytes: &[u8],
-    path: &Path,
-    what: &'static str,
-) -> Result<Vec<T>, TlsError> {
-    check_complete(bytes, path)?;
-    let items = T::pem_slice_iter(bytes)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| TlsError::Pem {
-            path: path.to_owned(),
-            reason: e.to_string(),
-        })?;
-    if items.is_empty() {
-        return Err(TlsError::Empty {
-            path: path.to_owned(),
-            what,
-        });
-    }
-    Ok(items)
-}
-
-/// A file caught half-written ends inside a PEM block. Say so plainly
-/// rather than with the PEM parser's message, and never take what parsed
-/// before the cut as a smaller, valid bundle.
-fn check_complete(bytes: &[u8], path: &Path) -> Result<(), TlsError> {
-    let text = String::from_utf8_lossy(bytes);
-    if text.matches("-----BEGIN ").count() != text.matches("-----END ").count() {
-        return Err(TlsError::Pem {
-            path: path.to_owned(),
-            reason: "a PEM block has no END line (file truncated or still being written?)"
-                .to_owned(),
-        });
-    }
-    Ok(())
-}
-
-/// Parses every CRL of PEM `bytes` read from `path`.
-pub fn parse_crls(
-    bytes: &[u8],
-    path: &Path,
-) -> Result<Vec<CertificateRevocationListDer<'static>>, TlsError> {
-    parse_all(bytes, path, "certificate revocation list")
-}
-
-/// Reads the first private key of a PEM file.
-pub fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    parse_key(&read(path)?, path)
-}
-
-/// Parses the first private key of PEM `bytes` read from `path`.
-pub fn parse_key(bytes: &[u8], path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    PrivateKeyDer::from_pem_slice(bytes).map_err(|e| match e {
-        rustls_pki_types::pem::Error::NoItemsFound => TlsError::Empty {
-            path: path.to_owned(),
-            what: "private key",
-        },
-        other => TlsError::Pem {
-            path: path.to_owned(),
-            reason: other.to_string(),
-        },
-    })
-}
-
-/// Certificate revocation lists, as read from one PEM file.
-#[derive(Clone, Debug)]
-pub struct RevocationLists {
-    pub crls: Vec<CertificateRevocationListDer<'static>>,
-    pub path: PathBuf,
-}
-
-impl RevocationLists {
-    pub fn from_pem(path: &Path, pem: &[u8]) -> Result<Self, TlsError> {
-        Ok(Self {
-            crls: parse_crls(pem, path)?,
-            path: path.to_owned(),
-        })
-    }
-}
-
 /// Server-side TLS settings.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct ServerTlsOptions {
     pub min_version: MinTlsVersion,
+    /// Strict SPIFFE mode: when set, a client certificate must also be an
+    /// X.509-SVID of this trust domain ([`crate::spiffe_verifier`]).
+    /// Default: off.
+    pub spiffe_trust_domain: Option<String>,
 }
 
 /// Builds the server config: the server's certificate, a client
@@ -332,6 +154,9 @@ pub struct ServerTlsOptions {
 /// of its issuer. A certificate whose issuer has no CRL configured is not
 /// revocation-checked (rather than refused), so that adding a CA without a
 /// CRL does not lock out its clients.
+///
+/// With `opts.spiffe_trust_domain`, a client certificate that passes those
+/// checks must also be an X.509-SVID of that trust domain.
 ///
 /// Resumption is off because a resumed TLS 1.3 session restores the client
 /// certificate from the ticket without verifying it again: a certificate
@@ -377,6 +202,10 @@ pub fn server_config(
             source,
         },
     })?;
+    let verifier: Arc<dyn ClientCertVerifier> = match &opts.spiffe_trust_domain {
+        Some(trust_domain) => Arc::new(SpiffeClientVerifier::new(verifier, trust_domain)),
+        None => verifier,
+    };
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(opts.min_version.versions())?
         .with_client_cert_verifier(verifier)
@@ -503,7 +332,11 @@ mod tests {
         let client_id =
             CertifiedKeyFiles::in_memory(vec![c.cert_der.clone()], c.key_der(), "client");
         let server_for = |min_version| {
-            server_config(&server_id, &anchors, &[], ServerTlsOptions { min_version }).unwrap()
+            let opts = ServerTlsOptions {
+                min_version,
+                ..ServerTlsOptions::default()
+            };
+            server_config(&server_id, &anchors, &[], opts).unwrap()
         };
         let client_for = |min_version| {
             client_config(&client_id, &anchors, ClientTlsOptions { min_version }).unwrap()

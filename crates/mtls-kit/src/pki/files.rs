@@ -165,11 +165,20 @@ pub fn write_dev_pki(paths: &DevPkiPaths, opts: &DevPkiOptions) -> Result<Vec<Pa
             opts.leaf_days,
         )?);
     }
-    // An empty CRL, so that `server --crl certs/crl.pem` works from the
-    // start and `certs revoke` has something to add to.
-    write_public(&paths.crl(), &ca.crl(&[], 1, opts.leaf_days)?.pem)?;
-    written.push(paths.crl());
+    // An empty CRL: the server loads it from the start, and `certs revoke`
+    // has something to add to.
+    written.push(write_empty_crl(&ca, paths, opts.leaf_days)?);
     Ok(written)
+}
+
+/// Writes an empty CRL (number 1), signed by `ca`, to `paths.crl()`.
+pub fn write_empty_crl(
+    ca: &CertificateAuthority,
+    paths: &DevPkiPaths,
+    days: i64,
+) -> Result<PathBuf, PkiError> {
+    write_public(&paths.crl(), &ca.crl(&[], 1, days)?.pem)?;
+    Ok(paths.crl())
 }
 
 /// Issues `server.pem`/`server.key` from `ca` with the default names plus

@@ -12,7 +12,8 @@
 mod files;
 
 pub use files::{
-    issue_client, issue_server, revoke, serial_of, write_dev_pki, DevPkiOptions, DevPkiPaths,
+    issue_client, issue_server, revoke, serial_of, write_dev_pki, write_empty_crl, DevPkiOptions,
+    DevPkiPaths,
 };
 
 use std::fmt;
@@ -87,6 +88,10 @@ pub struct LeafSpec {
     not_after: OffsetDateTime,
     /// Replaces the CN/O/OU subject when set (tests of subject rendering).
     subject: Option<Vec<(DnType, DnValue)>>,
+    /// basicConstraints CA=true (tests of what a leaf must not be).
+    ca: bool,
+    /// keyUsage also has keyCertSign (tests of what a leaf must not be).
+    cert_signing: bool,
 }
 
 impl LeafSpec {
@@ -104,6 +109,8 @@ impl LeafSpec {
             not_before: now - Duration::minutes(5),
             not_after: now + Duration::days(DEFAULT_LEAF_DAYS),
             subject: None,
+            ca: false,
+            cert_signing: false,
         }
     }
 
@@ -171,6 +178,17 @@ impl LeafSpec {
         self.subject = Some(attributes);
         self
     }
+    /// Marks the certificate as a CA (basicConstraints CA=true), keeping
+    /// its other fields: a certificate no leaf should be.
+    pub fn ca(mut self) -> Self {
+        self.ca = true;
+        self
+    }
+    /// Adds keyCertSign to the key usage: a signing certificate's usage.
+    pub fn cert_signing(mut self) -> Self {
+        self.cert_signing = true;
+        self
+    }
     /// Valid from a few minutes ago for `days` days.
     pub fn valid_for_days(mut self, days: i64) -> Self {
         self.not_after = OffsetDateTime::now_utc() + Duration::days(days);
@@ -227,7 +245,7 @@ fn random_serial() -> SerialNumber {
     let mut bytes = [0u8; 16];
     // A CSPRNG failure here means the OS cannot give randomness at all; the
     // serial then still differs per certificate through the timestamp.
-    if rustls::crypto::ring::default_provider()
+    if crate::tls::provider()
         .secure_random
         .fill(&mut bytes)
         .is_err()
@@ -332,8 +350,15 @@ impl CertificateAuthority {
         for ip in &spec.ips {
             params.subject_alt_names.push(SanType::IpAddress(*ip));
         }
-        params.is_ca = IsCa::ExplicitNoCa;
+        params.is_ca = if spec.ca {
+            IsCa::Ca(BasicConstraints::Unconstrained)
+        } else {
+            IsCa::ExplicitNoCa
+        };
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        if spec.cert_signing {
+            params.key_usages.push(KeyUsagePurpose::KeyCertSign);
+        }
         params.extended_key_usages = vec![match spec.usage {
             Usage::Client => ExtendedKeyUsagePurpose::ClientAuth,
             Usage::Server => ExtendedKeyUsagePurpose::ServerAuth,
