@@ -4,6 +4,7 @@
 
 use crate::certs_cli::DevIdentities;
 use crate::config::{self, ServerArgs};
+use crate::metrics;
 use crate::reload;
 use crate::server::{self, Services};
 
@@ -16,23 +17,25 @@ use crate::server::{self, Services};
 pub async fn serve(
     args: &ServerArgs,
     identities: &DevIdentities,
-    services: Services,
+    mut services: Services,
 ) -> anyhow::Result<()> {
     let (parts, reloader) = config::load(args, identities)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .map_err(|e| anyhow::anyhow!("--listen {}: {e}", args.listen))?;
     tracing::info!(addr = %listener.local_addr()?, services = ?services.names(), "listening (mutual TLS)");
+    let metrics_endpoint = metrics::http::start(args.metrics_listen, &mut services).await?;
     // Certificates, keys, CA bundle, CRLs and policy reload while serving.
     let watcher = tokio::spawn(reload::watch_files(
         reloader.sources().all_paths(),
         args.watch_settings(),
-        move || {
-            reloader.reload();
-        },
+        metrics::reload::reload_and_record(reloader, services.metrics().clone()),
     ));
     let result = server::run(listener, parts, services, shutdown_signal()).await;
     watcher.abort();
+    if let Some(endpoint) = metrics_endpoint {
+        endpoint.abort();
+    }
     result?;
     Ok(())
 }

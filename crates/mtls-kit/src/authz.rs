@@ -111,6 +111,7 @@ where
             },
         );
         log_decision(&policy, &peer, method, &decision, self.dry_run);
+        crate::metrics::rpc::decided(req.extensions(), &policy, &decision, self.dry_run);
         if decision.is_allowed() || self.dry_run {
             // Let handlers use tonic's own `Request::peer_certs()` as well.
             req.extensions_mut().insert(peer.tls);

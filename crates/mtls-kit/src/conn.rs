@@ -28,6 +28,7 @@ use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
 use tracing::{debug, info, warn};
 
 use crate::identity::PeerIdentity;
+use crate::metrics::handshake::{HandshakeOutcome, HandshakeRecorder, OpenConnection};
 
 /// What every RPC on a connection knows about the peer. tonic puts it in
 /// each request's extensions.
@@ -54,6 +55,8 @@ pub fn peer_identity<T>(req: &tonic::Request<T>) -> Option<&PeerIdentity> {
 pub struct PeerStream {
     tls: TlsStream<TcpStream>,
     identity: Arc<PeerIdentity>,
+    /// Counts this connection in `mtls_connections_open` while it lives.
+    _open: OpenConnection,
 }
 
 impl Connected for PeerStream {
@@ -125,6 +128,20 @@ pub fn accept_loop(
     impl tokio_stream::Stream<Item = Result<PeerStream, io::Error>>,
     JoinHandle<()>,
 ) {
+    accept_loop_observed(listener, tls, settings, HandshakeRecorder::default())
+}
+
+/// [`accept_loop`], reporting every handshake and open connection to
+/// `observe` (the server's metrics).
+pub fn accept_loop_observed(
+    listener: TcpListener,
+    tls: Arc<ArcSwap<rustls::ServerConfig>>,
+    settings: AcceptSettings,
+    observe: HandshakeRecorder,
+) -> (
+    impl tokio_stream::Stream<Item = Result<PeerStream, io::Error>>,
+    JoinHandle<()>,
+) {
     let (tx, rx) = mpsc::channel::<PeerStream>(64);
     let pending = Arc::new(Semaphore::new(settings.max_pending_handshakes.max(1)));
     let task = tokio::spawn(async move {
@@ -149,23 +166,33 @@ pub fn accept_loop(
             // Each handshake uses the config current at accept time.
             let acceptor = TlsAcceptor::from(tls.load_full());
             let tx = tx.clone();
+            let observe = observe.clone();
             tokio::spawn(async move {
                 let _permit = permit;
                 match tokio::time::timeout(settings.handshake_timeout, acceptor.accept(tcp)).await {
-                    Err(_) => info!(%remote, "TLS handshake timed out; connection closed"),
-                    Ok(Err(e)) => info!(%remote, error = %e, "TLS handshake refused"),
+                    Err(_) => {
+                        observe.handshake(HandshakeOutcome::Timeout);
+                        info!(%remote, "TLS handshake timed out; connection closed")
+                    }
+                    Ok(Err(e)) => {
+                        observe.handshake(HandshakeOutcome::of_error(&e));
+                        info!(%remote, error = %e, "TLS handshake refused")
+                    }
                     Ok(Ok(stream)) => {
                         let certs = stream.get_ref().1.peer_certificates().unwrap_or_default();
                         match PeerIdentity::from_chain(certs) {
                             Ok(identity) => {
+                                observe.handshake(HandshakeOutcome::Ok);
                                 debug!(%remote, peer = %identity, "connection authenticated");
                                 let stream = PeerStream {
                                     tls: stream,
                                     identity: Arc::new(identity),
+                                    _open: observe.opened(),
                                 };
                                 let _ = tx.send(stream).await;
                             }
                             Err(e) => {
+                                observe.handshake(HandshakeOutcome::Other);
                                 warn!(%remote, error = %e, "verified certificate is unreadable; connection closed")
                             }
                         }

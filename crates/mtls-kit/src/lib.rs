@@ -24,6 +24,8 @@
 //! * [`pki`] and [`certs_cli`]: the development PKI (rcgen), for `certs/`
 //!   and tests;
 //! * [`telemetry`]: logging setup;
+//! * [`metrics`]: Prometheus metrics (RPCs, authorization, handshakes,
+//!   certificate lifetimes, reloads) and their HTTP endpoint;
 //! * `testing` (feature `testing`): fixtures for a service's own tests.
 //!
 //! The kit knows no service: services register themselves through
@@ -38,6 +40,7 @@ pub mod client;
 pub mod config;
 pub mod conn;
 pub mod identity;
+pub mod metrics;
 pub mod pki;
 pub mod policy;
 pub mod reload;

@@ -23,7 +23,9 @@ use tower_service::Service;
 use tracing::{info, warn};
 
 use crate::authz::{AuthzLayer, SharedPolicy};
-use crate::conn::{accept_loop, AcceptSettings};
+use crate::conn::{accept_loop_observed, AcceptSettings};
+use crate::metrics::rpc::{KnownMethods, RpcLayer};
+use crate::metrics::Metrics;
 
 /// Transport limits. tonic leaves most of these unlimited by default; each
 /// is set explicitly here.
@@ -112,6 +114,8 @@ pub struct Services {
     names: Vec<&'static str>,
     /// Encoded `FileDescriptorSet`s, served by reflection.
     descriptor_sets: Vec<&'static [u8]>,
+    /// Where the kit's metrics and the service's own go.
+    metrics: Metrics,
 }
 
 impl Services {
@@ -151,6 +155,20 @@ impl Services {
     pub fn names(&self) -> &[&'static str] {
         &self.names
     }
+
+    /// The metrics registry of this server: register the service's own
+    /// metrics here ([`Metrics::register`]) to expose them next to the
+    /// kit's. Enabled unless replaced by [`Services::set_metrics`].
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Replaces the registry, e.g. with [`Metrics::disabled`] when the
+    /// metrics endpoint is off.
+    pub fn set_metrics(&mut self, metrics: Metrics) -> &mut Self {
+        self.metrics = metrics;
+        self
+    }
 }
 
 /// Errors that stop the server.
@@ -176,6 +194,7 @@ pub async fn run(
         mut routes,
         names,
         descriptor_sets,
+        metrics,
     } = services;
     let (health, health_service) = tonic_health::server::health_reporter();
     for name in &names {
@@ -206,16 +225,22 @@ pub async fn run(
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
         .max_connection_age(limits.max_connection_age)
         .max_connection_age_grace(limits.max_connection_age_grace)
+        // Outermost, so that it sees every RPC's final status, denials too.
+        .layer(RpcLayer::new(
+            metrics.clone(),
+            known_methods(&descriptor_sets),
+        ))
         .layer(AuthzLayer::new(parts.policy.clone()).dry_run(parts.dry_run))
         .add_routes(routes.routes());
 
-    let (incoming, accept_task) = accept_loop(
+    let (incoming, accept_task) = accept_loop_observed(
         listener,
         parts.tls.clone(),
         AcceptSettings {
             handshake_timeout: limits.handshake_timeout,
             max_pending_handshakes: limits.max_pending_handshakes,
         },
+        metrics.handshakes(),
     );
     let accept_task = AbortOnDrop(accept_task);
 
@@ -249,6 +274,16 @@ pub async fn run(
             Ok(())
         }
     }
+}
+
+/// The methods metrics label by name: the services' own, health's and
+/// reflection's.
+fn known_methods(descriptor_sets: &[&'static [u8]]) -> KnownMethods {
+    KnownMethods::from_descriptor_sets(descriptor_sets.iter().copied().chain([
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ]))
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

@@ -9,6 +9,7 @@ mod authorization;
 mod decisions;
 mod health_reflection;
 mod limits;
+mod metrics;
 mod openssl_subjects;
 mod reload;
 mod revocation;
