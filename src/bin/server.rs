@@ -22,11 +22,13 @@ async fn main() -> ExitCode {
     let args = Args::parse();
     telemetry::init(args.server.log_format);
     let services = services(&args.server.limits());
-    match app::serve(&args.server, &DEV_IDENTITIES, services).await {
+    let code = match app::serve(&args.server, &DEV_IDENTITIES, services).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    telemetry::shutdown();
+    code
 }

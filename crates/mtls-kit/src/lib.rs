@@ -23,7 +23,8 @@
 //!   flags ([`client::ClientArgs`]);
 //! * [`pki`] and [`certs_cli`]: the development PKI (rcgen), for `certs/`
 //!   and tests;
-//! * [`telemetry`]: logging setup;
+//! * [`telemetry`]: logging setup (and, with the `otel` feature,
+//!   `tracing_otel`: OpenTelemetry export and W3C trace propagation);
 //! * [`metrics`]: Prometheus metrics (RPCs, authorization, handshakes,
 //!   certificate lifetimes, reloads) and their HTTP endpoint;
 //! * `testing` (feature `testing`): fixtures for a service's own tests.
@@ -50,3 +51,5 @@ pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod tls;
+#[cfg(feature = "otel")]
+pub mod tracing_otel;
