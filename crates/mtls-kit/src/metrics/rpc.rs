@@ -299,7 +299,6 @@ where
             "grpc.request",
             otel.name = %format_args!("{}/{}", labels.grpc_service.0, labels.grpc_method.0),
             otel.kind = "server",
-            rpc.system = "grpc",
             method = path,
             peer = peer.as_deref().unwrap_or(""),
             decision = Empty,
