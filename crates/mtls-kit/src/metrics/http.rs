@@ -126,3 +126,28 @@ fn answer<B>(metrics: &Metrics, req: &http::Request<B>) -> http::Response<Full<B
     );
     response
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn off_serves_nothing_and_records_nothing() {
+        let mut services = Services::new();
+        let task = start(MetricsListen(None), &mut services).await.unwrap();
+        assert!(task.is_none());
+        assert!(!services.metrics().is_enabled());
+    }
+
+    #[tokio::test]
+    async fn a_port_in_use_is_an_error_naming_the_flag() {
+        let taken = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = taken.local_addr().unwrap();
+        let mut services = Services::new();
+        let e = start(MetricsListen(Some(addr)), &mut services)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("--metrics-listen"), "{e}");
+    }
+}
