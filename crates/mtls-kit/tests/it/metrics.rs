@@ -123,14 +123,14 @@ async fn rpcs_are_counted_and_timed_by_service_method_and_status() {
 async fn a_stream_the_client_abandons_is_counted_as_cancelled() {
     let pki = TestPki::new();
     let server = spawn_server(&pki, POLICY).await;
-    let channel = server.connect(&pki.client("writer")).await.unwrap();
-    let mut writer = StoreClient::new(channel);
-    for i in 0..50 {
-        writer
-            .put(entry(&format!("k{i}"), &[0; 1024]))
-            .await
-            .unwrap();
-    }
+    let mut writer = StoreClient::new(server.connect(&pki.client("writer")).await.unwrap());
+    // 6 MiB to scan: more than the client's HTTP/2 stream window (hyper's
+    // default, 2 MiB) plus the server's send buffer, so the server is still
+    // sending when the client walks away.
+    let entries: Vec<Entry> = (0..1536)
+        .map(|i| entry(&format!("k{i:04}"), &[0; 4096]))
+        .collect();
+    writer.load(tokio_stream::iter(entries)).await.unwrap();
     let mut stream = writer
         .scan(Key { key: "k".into() })
         .await
@@ -138,11 +138,19 @@ async fn a_stream_the_client_abandons_is_counted_as_cancelled() {
         .into_inner();
     stream.message().await.unwrap();
     drop(stream);
-    drop(writer);
-    eventually(&server, "cancelled Scan", |x| {
-        handled(x, "Scan", "CANCELLED") + handled(x, "Scan", "OK") == 1.0
+    let x = eventually(&server, "cancelled Scan", |x| {
+        handled(x, "Scan", "CANCELLED") == 1.0
     })
     .await;
+    assert_eq!(handled(&x, "Scan", "OK"), 0.0);
+    // Timed to its end, like any other RPC.
+    assert_eq!(
+        x.sum(
+            "grpc_server_handling_seconds_count",
+            &[("grpc_method", "Scan")]
+        ),
+        1.0
+    );
 }
 
 /// Calls a method by raw path.
