@@ -1,12 +1,13 @@
 //! The metrics endpoint, scraped over HTTP on loopback as Prometheus would:
 //! every metric the kit exposes moves when its event happens.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::uri::PathAndQuery;
 use mtls_kit::metrics::reload::{record, reload_and_record, sha256_prefix};
 use mtls_kit::metrics::scrape::{self, Exposition};
-use mtls_kit::pki::{CertificateAuthority, LeafSpec};
+use mtls_kit::pki::{CertificateAuthority, LeafSpec, Usage};
 use mtls_kit::server::Limits;
 use mtls_kit::tls::{self, CertifiedKeyFiles, ClientTlsOptions};
 use prometheus_client::metrics::counter::Counter;
@@ -241,6 +242,32 @@ async fn authorization_decisions_are_counted_by_policy_decision_and_rule() {
     );
 }
 
+/// Makes a handshake the server refuses, and waits for its verdict (in TLS
+/// 1.3 it arrives after the client's flight).
+async fn refused_handshake(server: &TestServer, config: Arc<rustls::ClientConfig>) {
+    let tcp = TcpStream::connect(server.addr).await.unwrap();
+    if let Ok(mut tls) = TlsConnector::from(config)
+        .connect(tls::server_name("localhost").unwrap(), tcp)
+        .await
+    {
+        let read = tokio::io::AsyncReadExt::read(&mut tls, &mut [0u8; 16]).await;
+        assert!(!matches!(read, Ok(n) if n > 0), "the server answered");
+    }
+}
+
+/// A client that trusts the server but presents no certificate.
+fn anonymous_config(pki: &TestPki) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(pki.ca.cert_der().clone()).unwrap();
+    let mut config = rustls::ClientConfig::builder_with_provider(tls::provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Arc::new(config)
+}
+
 #[tokio::test]
 async fn handshakes_are_counted_by_outcome_and_reason_and_open_connections_gauged() {
     let pki = TestPki::new();
@@ -266,33 +293,51 @@ async fn handshakes_are_counted_by_outcome_and_reason_and_open_connections_gauge
         1.0
     );
 
-    // A client certificate from another PKI.
+    // Refused client certificates, each with its reason.
     let other = CertificateAuthority::new("another CA", 1).unwrap();
-    let stranger = other
-        .issue(&LeafSpec::dev_client("example.org", "admin"))
-        .unwrap();
-    let identity =
-        CertifiedKeyFiles::in_memory(vec![stranger.cert_der.clone()], stranger.key_der(), "c");
-    let config =
-        tls::client_config(&identity, &pki.anchors(), ClientTlsOptions::default()).unwrap();
-    let tcp = TcpStream::connect(server.addr).await.unwrap();
-    if let Ok(mut tls) = TlsConnector::from(config)
-        .connect(tls::server_name("localhost").unwrap(), tcp)
-        .await
-    {
-        // TLS 1.3: the verdict arrives after the client's flight.
-        let _ = tokio::io::AsyncReadExt::read(&mut tls, &mut [0u8; 16]).await;
+    let now = time::OffsetDateTime::now_utc();
+    let admin = || LeafSpec::dev_client("example.org", "admin");
+    let refused = [
+        (other.issue(&admin()).unwrap(), "unknown_ca"),
+        (
+            pki.ca
+                .issue(&admin().valid_between(
+                    now - time::Duration::days(10),
+                    now - time::Duration::days(1),
+                ))
+                .unwrap(),
+            "expired",
+        ),
+        (
+            pki.ca.issue(&admin().usage(Usage::Server)).unwrap(),
+            "bad_eku",
+        ),
+    ];
+    for (cert, _) in &refused {
+        let identity =
+            CertifiedKeyFiles::in_memory(vec![cert.cert_der.clone()], cert.key_der(), "c");
+        let config =
+            tls::client_config(&identity, &pki.anchors(), ClientTlsOptions::default()).unwrap();
+        refused_handshake(&server, config).await;
     }
+    refused_handshake(&server, anonymous_config(&pki)).await;
     // A client that connects and never starts the handshake.
     let idle = TcpStream::connect(server.addr).await.unwrap();
     let x = eventually(&server, "refused and timed-out handshakes", |x| {
-        x.sum("mtls_tls_handshakes_total", &[("reason", "unknown_ca")]) == 1.0
-            && x.sum("mtls_tls_handshakes_total", &[("reason", "timeout")]) == 1.0
+        [
+            "unknown_ca",
+            "expired",
+            "bad_eku",
+            "no_certificate",
+            "timeout",
+        ]
+        .iter()
+        .all(|reason| x.sum("mtls_tls_handshakes_total", &[("reason", reason)]) == 1.0)
     })
     .await;
     assert_eq!(
         x.sum("mtls_tls_handshakes_total", &[("outcome", "failed")]),
-        2.0
+        5.0
     );
     drop(idle);
 
