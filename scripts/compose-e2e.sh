@@ -169,7 +169,7 @@ ensure_base_images
 prepared=$(date +%s)
 
 # A random free host port, so a server already running here does not clash.
-export MTLS_HOST_PORT=""
+export MTLS_HOST_PORT="" MTLS_METRICS_PORT=""
 log "docker compose up --build (${compose[0]})"
 "${compose[@]}" up --build -d >"$work/up.log" 2>&1 || { cat "$work/up.log" >&2; fail "compose up"; }
 up_done=$(date +%s)
@@ -200,6 +200,14 @@ server_log=$(docker_cli logs "$server" 2>&1)
 echo "$server_log" | grep '"decision":"deny"' | grep '"method":"/grpc.health.v1.Health/Check"' \
   | grep -q '"peer":"spiffe://example.org/outsider"' || fail "no deny decision logged for the outsider's health check"
 log "server logged the denial: $(echo "$server_log" | grep '"decision":"deny"' | head -n 1)"
+
+# Metrics: published on the host's loopback, with the denial counted.
+metrics_port=$("${compose[@]}" port server 9464 | awk -F: '{print $NF}')
+metrics=$(python3 -c 'import sys, urllib.request; print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())' \
+  "http://127.0.0.1:$metrics_port/metrics") || fail "metrics endpoint not reachable on 127.0.0.1:$metrics_port"
+echo "$metrics" | grep -qE '^mtls_authz_decisions_total\{[^}]*decision="deny"[^}]*\} 1$' \
+  || fail "the denial is not in the metrics"
+log "metrics on 127.0.0.1:$metrics_port count the denial"
 
 # The image: non-root, and no keys or certificates in it.
 [ "$(docker_cli exec "$server" id -u)" = 10001 ] || fail "server does not run as uid 10001"

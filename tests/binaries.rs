@@ -48,7 +48,9 @@ fn start_server_logs(
 ) -> (Child, String, Vec<String>, mpsc::Receiver<String>) {
     let mut child = Command::new(SERVER)
         .current_dir(dir)
-        .args(["--listen", "127.0.0.1:0", "--log-format", "json"])
+        // The metrics port too: tests run servers side by side.
+        .args(["--listen", "127.0.0.1:0", "--metrics-listen", "127.0.0.1:0"])
+        .args(["--log-format", "json"])
         .args(extra)
         .env_remove("RUST_LOG")
         .stderr(Stdio::piped())

@@ -32,6 +32,8 @@ def running_server(policy: pathlib.Path = ROOT / "config" / "policy.json"):
             [
                 BIN / "server",
                 "--listen", "127.0.0.1:0",
+                # No fixed port: tests may run servers side by side.
+                "--metrics-listen", "127.0.0.1:0",
                 "--cert", certs / "server.pem",
                 "--key", certs / "server.key",
                 "--client-ca", certs / "ca.pem",

@@ -59,10 +59,12 @@ async fn main() -> ExitCode {
     let args = Args::parse();
     telemetry::init(args.client.log_format);
     let command = args.command;
-    cli::run(&args.client, |channel, timeout| {
+    let code = cli::run(&args.client, |channel, timeout| {
         call(channel, command, timeout)
     })
-    .await
+    .await;
+    telemetry::shutdown();
+    code
 }
 
 fn print_item(item: &Item) {

@@ -38,11 +38,13 @@ async fn main() -> ExitCode {
         return policy_cli::main(cmd, &services);
     }
     telemetry::init(args.server.log_format);
-    match app::serve(&args.server, &DEV_IDENTITIES, services).await {
+    let code = match app::serve(&args.server, &DEV_IDENTITIES, services).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    telemetry::shutdown();
+    code
 }

@@ -31,6 +31,7 @@ use tracing::{debug, info, warn};
 
 use crate::conn::{PeerStream, H2_PREFACE};
 use crate::identity::PeerIdentity;
+use crate::metrics::handshake::{HandshakeOutcome, HandshakeRecorder};
 
 /// Settings of the accept loop.
 #[derive(Clone, Copy, Debug)]
@@ -70,11 +71,14 @@ type Waiting = Arc<Mutex<BTreeMap<u64, oneshot::Sender<()>>>>;
 
 /// Starts accepting on `listener`. Returns the stream of authenticated
 /// connections for tonic and the accept task, which stops when the stream
-/// is dropped (and should be aborted when the server returns).
+/// is dropped (and should be aborted when the server returns). Every
+/// handshake's outcome and every open connection is reported to `observe`
+/// (the server's metrics; `HandshakeRecorder::default()` records nothing).
 pub fn accept_loop(
     listener: TcpListener,
     tls: Arc<ArcSwap<rustls::ServerConfig>>,
     settings: AcceptSettings,
+    observe: HandshakeRecorder,
 ) -> (
     impl tokio_stream::Stream<Item = Result<PeerStream, io::Error>>,
     JoinHandle<()>,
@@ -122,9 +126,9 @@ pub fn accept_loop(
                 waiting: waiting.clone(),
                 evicted,
             };
-            let (tls, tx) = (tls.clone(), tx.clone());
+            let (tls, tx, observe) = (tls.clone(), tx.clone(), observe.clone());
             tokio::spawn(async move {
-                if let Some(stream) = establish(tcp, pending, &tls, settings).await {
+                if let Some(stream) = establish(tcp, pending, &tls, settings, &observe).await {
                     let _ = tx.send(stream).await;
                 }
             });
@@ -156,6 +160,7 @@ async fn establish(
     pending: Pending,
     tls: &ArcSwap<rustls::ServerConfig>,
     settings: AcceptSettings,
+    observe: &HandshakeRecorder,
 ) -> Option<PeerStream> {
     let started = Instant::now();
     let remote = pending.remote;
@@ -166,6 +171,7 @@ async fn establish(
     let hello = tokio::select! {
         hello = timeout(hello_deadline, acceptor) => hello,
         _ = pending.evicted => {
+            observe.handshake(HandshakeOutcome::Timeout);
             debug!(%remote, "no ClientHello yet; closed to make room for a new connection");
             return None;
         }
@@ -173,10 +179,12 @@ async fn establish(
     lock(&pending.waiting).remove(&pending.id);
     let start = match hello {
         Err(_) => {
+            observe.handshake(HandshakeOutcome::Timeout);
             info!(%remote, "no ClientHello in time; connection closed");
             return None;
         }
         Ok(Err(e)) => {
+            observe.handshake(HandshakeOutcome::of_error(&e));
             info!(%remote, error = %e, "TLS handshake refused");
             return None;
         }
@@ -186,10 +194,12 @@ async fn establish(
     let rest = settings.handshake_timeout.saturating_sub(started.elapsed());
     let stream = match timeout(rest, start.into_stream(tls.load_full())).await {
         Err(_) => {
+            observe.handshake(HandshakeOutcome::Timeout);
             info!(%remote, "TLS handshake timed out; connection closed");
             return None;
         }
         Ok(Err(e)) => {
+            observe.handshake(HandshakeOutcome::of_error(&e));
             info!(%remote, error = %e, "TLS handshake refused");
             return None;
         }
@@ -200,8 +210,12 @@ async fn establish(
     drop(pending.permit);
     let certs = stream.get_ref().1.peer_certificates().unwrap_or_default();
     let identity = match PeerIdentity::from_chain(certs) {
-        Ok(identity) => identity,
+        Ok(identity) => {
+            observe.handshake(HandshakeOutcome::Ok);
+            identity
+        }
         Err(e) => {
+            observe.handshake(HandshakeOutcome::Other);
             warn!(%remote, error = %e, "verified certificate is unreadable; connection closed");
             return None;
         }
@@ -223,7 +237,11 @@ async fn establish(
         }
         Ok(Ok(_)) => {
             debug!(%remote, peer = %identity, "connection authenticated");
-            Some(PeerStream::new(stream, Arc::new(identity)))
+            Some(PeerStream::new(
+                stream,
+                Arc::new(identity),
+                observe.opened(),
+            ))
         }
     }
 }

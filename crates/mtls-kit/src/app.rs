@@ -4,6 +4,7 @@
 
 use crate::certs_cli::DevIdentities;
 use crate::config::{self, ServerArgs};
+use crate::metrics;
 use crate::reload;
 use crate::server::{self, Services};
 
@@ -16,7 +17,7 @@ use crate::server::{self, Services};
 pub async fn serve(
     args: &ServerArgs,
     identities: &DevIdentities,
-    services: Services,
+    mut services: Services,
 ) -> anyhow::Result<()> {
     let served = services
         .served_methods()
@@ -25,16 +26,18 @@ pub async fn serve(
     let listener = crate::accept::bind(args.listen, parts.limits.max_pending_handshakes)
         .map_err(|e| anyhow::anyhow!("--listen {}: {e}", args.listen))?;
     tracing::info!(addr = %listener.local_addr()?, services = ?services.names(), "listening (mutual TLS)");
+    let metrics_endpoint = metrics::http::start(args.metrics_listen, &mut services).await?;
     // Certificates, keys, CA bundle, CRLs and policy reload while serving.
     let watcher = tokio::spawn(reload::watch_files(
         reloader.sources().all_paths(),
         args.watch_settings(),
-        move || {
-            reloader.reload();
-        },
+        metrics::reload::reload_and_record(reloader, services.metrics().clone()),
     ));
     let result = server::run(listener, parts, services, shutdown_signal()).await;
     watcher.abort();
+    if let Some(endpoint) = metrics_endpoint {
+        endpoint.abort();
+    }
     result?;
     Ok(())
 }

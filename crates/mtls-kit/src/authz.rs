@@ -111,6 +111,7 @@ where
             },
         );
         log_decision(&policy, &peer, method, &decision, self.dry_run);
+        crate::metrics::rpc::decided(req.extensions(), &policy, &decision, self.dry_run);
         if decision.is_allowed() || self.dry_run {
             // Let handlers use tonic's own `Request::peer_certs()` as well.
             req.extensions_mut().insert(peer.tls);
@@ -219,8 +220,12 @@ mod tests {
             preface_timeout: Duration::from_secs(10),
             max_pending_handshakes: 4,
         };
-        let (incoming, task) =
-            accept_loop(listener, Arc::new(ArcSwap::new(server_config)), settings);
+        let (incoming, task) = accept_loop(
+            listener,
+            Arc::new(ArcSwap::new(server_config)),
+            settings,
+            Default::default(),
+        );
         tokio::pin!(incoming);
         let tcp = TcpStream::connect(addr).await.unwrap();
         let mut tls_client = TlsConnector::from(client_config)

@@ -14,6 +14,7 @@ use std::time::Duration;
 use tracing::{info, warn};
 
 use crate::certs_cli::{parse_trust_domain, DevIdentities};
+use crate::metrics::{MetricsListen, DEFAULT_METRICS_LISTEN};
 use crate::pki::{self, DevPkiOptions, DevPkiPaths};
 use crate::policy::{PathCheck, ServedMethods};
 use crate::reload::{ServerReloader, ServerSources, WatchSettings};
@@ -163,6 +164,11 @@ pub struct ServerArgs {
     /// fallback for file systems without events.
     #[arg(long, env = "SERVER_POLL_INTERVAL_SECS", default_value_t = 5)]
     pub poll_interval_secs: u64,
+
+    /// Address of the Prometheus metrics endpoint (plain HTTP, GET
+    /// /metrics), apart from the gRPC port; "off" turns metrics off.
+    #[arg(long, env = "SERVER_METRICS_LISTEN", default_value = DEFAULT_METRICS_LISTEN)]
+    pub metrics_listen: MetricsListen,
 }
 
 /// Startup problems, all of them at once.

@@ -26,6 +26,7 @@ use tokio_rustls::server::TlsStream;
 use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
 
 use crate::identity::PeerIdentity;
+use crate::metrics::handshake::OpenConnection;
 
 /// What every RPC on a connection knows about the peer. tonic puts it in
 /// each request's extensions.
@@ -64,17 +65,24 @@ pub struct PeerStream {
     /// Past this, reads and writes fail, which ends the connection however
     /// far its graceful close has got.
     close_by: Option<Pin<Box<Sleep>>>,
+    /// Counts this connection in `mtls_connections_open` while it lives.
+    _open: OpenConnection,
 }
 
 impl PeerStream {
     /// A connection whose HTTP/2 preface has been read and checked.
-    pub(crate) fn new(tls: TlsStream<TcpStream>, identity: Arc<PeerIdentity>) -> Self {
+    pub(crate) fn new(
+        tls: TlsStream<TcpStream>,
+        identity: Arc<PeerIdentity>,
+        open: OpenConnection,
+    ) -> Self {
         Self {
             tls,
             identity,
             preface_replayed: 0,
             closed: None,
             close_by: None,
+            _open: open,
         }
     }
 

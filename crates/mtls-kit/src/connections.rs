@@ -23,6 +23,7 @@ use tower::layer::util::{Identity, Stack};
 
 use crate::authz::AuthzLayer;
 use crate::conn::PeerStream;
+use crate::metrics::rpc::RpcLayer;
 use crate::settle::SettleLayer;
 
 /// `age` moved by up to `fraction` of itself either way, uniformly.
@@ -50,7 +51,7 @@ fn random_unit() -> f64 {
 }
 
 /// The layers every RPC passes: [`SettleLayer`] outside [`AuthzLayer`].
-pub type Layers = Stack<AuthzLayer, Stack<SettleLayer, Identity>>;
+pub type Layers = Stack<AuthzLayer, Stack<SettleLayer, Stack<RpcLayer, Identity>>>;
 
 /// How long a connection lives.
 #[derive(Clone, Copy, Debug)]

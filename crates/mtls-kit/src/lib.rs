@@ -33,7 +33,10 @@
 //!   flags ([`client::ClientArgs`]);
 //! * [`pki`] and [`certs_cli`]: the development PKI (rcgen), for `certs/`
 //!   and tests;
-//! * [`telemetry`]: logging setup;
+//! * [`telemetry`]: logging setup (and, with the `otel` feature,
+//!   `tracing_otel`: OpenTelemetry export and W3C trace propagation);
+//! * [`metrics`]: Prometheus metrics (RPCs, authorization, handshakes,
+//!   certificate lifetimes, reloads) and their HTTP endpoint;
 //! * `testing` (feature `testing`): fixtures for a service's own tests.
 //!
 //! The kit knows no service: services register themselves through
@@ -50,6 +53,7 @@ pub mod config;
 pub mod conn;
 pub mod connections;
 pub mod identity;
+pub mod metrics;
 pub mod pki;
 pub mod policy;
 pub mod policy_cli;
@@ -62,3 +66,5 @@ pub mod telemetry;
 #[cfg(feature = "testing")]
 pub mod testing;
 pub mod tls;
+#[cfg(feature = "otel")]
+pub mod tracing_otel;

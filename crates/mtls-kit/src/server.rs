@@ -26,6 +26,8 @@ use tracing::{debug, info, warn};
 use crate::accept::{accept_loop, AcceptSettings};
 use crate::authz::{AuthzLayer, SharedPolicy};
 use crate::connections;
+use crate::metrics::rpc::{KnownMethods, RpcLayer};
+use crate::metrics::Metrics;
 use crate::policy::ServedMethods;
 use crate::settle::SettleLayer;
 
@@ -141,6 +143,8 @@ pub struct Services {
     names: Vec<&'static str>,
     /// Encoded `FileDescriptorSet`s, served by reflection.
     descriptor_sets: Vec<&'static [u8]>,
+    /// Where the kit's metrics and the service's own go.
+    metrics: Metrics,
 }
 
 impl Services {
@@ -200,6 +204,20 @@ impl Services {
         }
         Ok(served)
     }
+
+    /// The metrics registry of this server: register the service's own
+    /// metrics here ([`Metrics::register`]) to expose them next to the
+    /// kit's. Enabled unless replaced by [`Services::set_metrics`].
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Replaces the registry, e.g. with [`Metrics::disabled`] when the
+    /// metrics endpoint is off.
+    pub fn set_metrics(&mut self, metrics: Metrics) -> &mut Self {
+        self.metrics = metrics;
+        self
+    }
 }
 
 /// Errors that stop the server.
@@ -225,6 +243,7 @@ pub async fn run(
         mut routes,
         names,
         descriptor_sets,
+        metrics,
     } = services;
     let (health, health_service) = tonic_health::server::health_reporter();
     for name in &names {
@@ -254,7 +273,14 @@ pub async fn run(
         .http2_max_header_list_size(limits.max_header_list_size)
         .http2_keepalive_interval(Some(limits.keepalive_interval))
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
-        // Outermost, so that it also covers the router's UNIMPLEMENTED.
+        // Outermost, so that it sees every RPC's final status, denials and
+        // the router's UNIMPLEMENTED too.
+        .layer(RpcLayer::new(
+            metrics.clone(),
+            known_methods(&descriptor_sets),
+        ))
+        // Outside authorization, so that it also covers the router's
+        // UNIMPLEMENTED.
         .layer(SettleLayer::new(
             limits.early_answer_body_bytes,
             limits.early_answer_wait,
@@ -271,6 +297,7 @@ pub async fn run(
             preface_timeout: limits.preface_timeout,
             max_pending_handshakes: limits.max_pending_handshakes,
         },
+        metrics.handshakes(),
     );
     let accept_task = AbortOnDrop(accept_task);
     tokio::pin!(incoming);
@@ -316,6 +343,16 @@ pub async fn run(
         Err(_) => warn!("drain deadline passed; closing the remaining connections"),
     }
     Ok(())
+}
+
+/// The methods metrics label by name: the services' own, health's and
+/// reflection's.
+fn known_methods(descriptor_sets: &[&'static [u8]]) -> KnownMethods {
+    KnownMethods::from_descriptor_sets(descriptor_sets.iter().copied().chain([
+        tonic_health::pb::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+        tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+    ]))
 }
 
 struct AbortOnDrop(tokio::task::JoinHandle<()>);

@@ -19,12 +19,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 use tonic::transport::Channel;
 
 use crate::authz::SharedPolicy;
 use crate::client::{self, ClientSettings, ConnectError};
+use crate::metrics::{self, Metrics};
 use crate::pki::{CertificateAuthority, IssuedCert, LeafSpec};
 use crate::policy::Policy;
 use crate::server::{self, Limits, ServeError, ServerParts, Services};
@@ -83,6 +85,10 @@ impl TestPki {
 /// runtime ends; call [`TestServer::begin_shutdown`] to drain it.
 pub struct TestServer {
     pub addr: SocketAddr,
+    /// The metrics endpoint (`GET /metrics`), on its own `127.0.0.1:0`.
+    pub metrics_addr: SocketAddr,
+    /// The server's metrics registry.
+    pub metrics: Metrics,
     pub handle: JoinHandle<Result<(), ServeError>>,
     shutdown: Option<oneshot::Sender<()>>,
     ca: TrustAnchors,
@@ -125,12 +131,21 @@ impl TestServer {
         )
         .expect("bind 127.0.0.1:0");
         let addr = listener.local_addr().expect("local address");
+        let metrics = services.metrics().clone();
+        let metrics_listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind 127.0.0.1:0 for metrics");
+        let metrics_addr = metrics_listener.local_addr().expect("local address");
+        // Runs until the test's runtime ends, like the server.
+        tokio::spawn(metrics::http::serve(metrics_listener, metrics.clone()));
         let (tx, rx) = oneshot::channel::<()>();
         let handle = tokio::spawn(server::run(listener, parts, services, async {
             let _ = rx.await;
         }));
         Self {
             addr,
+            metrics_addr,
+            metrics,
             handle,
             shutdown: Some(tx),
             ca,
@@ -157,6 +172,11 @@ impl TestServer {
             tls::server_name(server_name).expect("server name"),
         );
         client::connect(&settings, Arc::new(ArcSwap::new(config))).await
+    }
+
+    /// Scrapes the metrics endpoint over HTTP and parses the exposition.
+    pub async fn scrape(&self) -> metrics::scrape::Exposition {
+        metrics::scrape::scrape(self.metrics_addr).await
     }
 
     /// Starts the graceful shutdown.

@@ -76,6 +76,8 @@ func makePKI(dir string) error {
 func startServer() (stop func(), err error) {
 	cmd := exec.Command(filepath.Join(binDir, "server"),
 		"--listen", "127.0.0.1:0",
+		// No fixed port: tests may run servers side by side.
+		"--metrics-listen", "127.0.0.1:0",
 		"--cert", filepath.Join(certs, "server.pem"),
 		"--key", filepath.Join(certs, "server.key"),
 		"--client-ca", filepath.Join(certs, "ca.pem"),

@@ -33,6 +33,8 @@ export async function startServer(): Promise<RunningServer> {
     join(BIN, "server"),
     [
       "--listen", "127.0.0.1:0",
+      // No fixed port: tests may run servers side by side.
+      "--metrics-listen", "127.0.0.1:0",
       "--cert", join(certs, "server.pem"),
       "--key", join(certs, "server.key"),
       "--client-ca", join(certs, "ca.pem"),

@@ -129,7 +129,10 @@ where
         }
     };
     let expect = args.expect;
-    match call(channel, args.timeout()).await {
+    // The client side of the RPC's trace: with `otel`, its context goes to
+    // the server in `traceparent` (see `request`).
+    let span = tracing::info_span!("grpc.client", otel.kind = "client", identity = %args.identity);
+    match tracing::Instrument::instrument(call(channel, args.timeout()), span).await {
         Ok(code) if expect == tonic::Code::Ok => code,
         Ok(_) => {
             eprintln!(
@@ -166,6 +169,8 @@ where
 pub fn request<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
     let mut req = tonic::Request::new(msg);
     req.set_timeout(timeout);
+    #[cfg(feature = "otel")]
+    crate::tracing_otel::inject_current(req.metadata_mut());
     req
 }
 

@@ -12,6 +12,7 @@ mod early_answers;
 mod health_reflection;
 mod key_exchange;
 mod limits;
+mod metrics;
 mod openssl_subjects;
 mod policy_paths;
 mod reload;
