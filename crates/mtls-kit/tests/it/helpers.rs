@@ -319,3 +319,35 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for ThreadWriter {
         ThreadWriter
     }
 }
+
+/// The kit's client TLS config presenting `cert`, trusting the test CA.
+pub fn client_tls(pki: &TestPki, cert: &IssuedCert) -> Arc<rustls::ClientConfig> {
+    let identity =
+        CertifiedKeyFiles::in_memory(vec![cert.cert_der.clone()], cert.key_der(), "client");
+    tls::client_config(&identity, &pki.anchors(), ClientTlsOptions::default()).unwrap()
+}
+
+/// Handshakes with `config`, sends the HTTP/2 preface and reads the header
+/// of the server's first frame (its SETTINGS): the server accepted the
+/// connection. Returns the stream, or how the connection failed.
+pub async fn h2_accepted(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut stream = tokio_rustls::TlsConnector::from(config)
+        .connect(tls::server_name("localhost").unwrap(), tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    stream
+        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+        .await
+        .unwrap();
+    let mut frame_header = [0u8; 9];
+    stream
+        .read_exact(&mut frame_header)
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(stream)
+}

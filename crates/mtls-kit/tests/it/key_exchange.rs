@@ -4,37 +4,19 @@
 
 use std::sync::Arc;
 
-use mtls_kit::tls::{self, CertifiedKeyFiles, ClientTlsOptions};
+use mtls_kit::tls;
 use rustls::crypto::aws_lc_rs::kx_group;
 use rustls::crypto::{CryptoProvider, SupportedKxGroup};
 use rustls::{ClientConfig, NamedGroup};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 
-use crate::helpers::{spawn_server, TestPki, POLICY};
+use crate::helpers::{client_tls, h2_accepted, spawn_server, TestPki, POLICY};
 
-/// Handshakes with `config`, sends the HTTP/2 preface and reads the
-/// server's first frame header (its SETTINGS): the server accepted us.
-/// Returns the negotiated group.
+/// The key exchange group of a connection the server accepted.
 async fn negotiated_group(
     addr: std::net::SocketAddr,
     config: Arc<ClientConfig>,
 ) -> Result<NamedGroup, String> {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let mut stream = TlsConnector::from(config)
-        .connect(tls::server_name("localhost").unwrap(), tcp)
-        .await
-        .map_err(|e| e.to_string())?;
-    stream
-        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-        .await
-        .unwrap();
-    let mut frame_header = [0u8; 9];
-    stream
-        .read_exact(&mut frame_header)
-        .await
-        .map_err(|e| e.to_string())?;
+    let stream = h2_accepted(addr, config).await?;
     let group = stream.get_ref().1.negotiated_key_exchange_group();
     Ok(group.ok_or("no key exchange group")?.name())
 }
@@ -76,11 +58,7 @@ fn the_kit_prefers_the_hybrid_then_x25519_then_p256() {
 async fn the_kit_client_negotiates_x25519mlkem768_with_the_server() {
     let pki = TestPki::new();
     let server = spawn_server(&pki, POLICY).await;
-    let cert = pki.client("reader");
-    let identity =
-        CertifiedKeyFiles::in_memory(vec![cert.cert_der.clone()], cert.key_der(), "client");
-    let config =
-        tls::client_config(&identity, &pki.anchors(), ClientTlsOptions::default()).unwrap();
+    let config = client_tls(&pki, &pki.client("reader"));
     assert_eq!(
         negotiated_group(server.addr, config).await,
         Ok(NamedGroup::X25519MLKEM768)

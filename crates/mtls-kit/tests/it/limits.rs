@@ -11,7 +11,7 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 use tonic::Code;
 
-use crate::helpers::{spawn_server, spawn_server_with, TestPki, POLICY};
+use crate::helpers::{client_tls, spawn_server, spawn_server_with, TestPki, POLICY};
 
 const GUARD: Duration = Duration::from_secs(20);
 
@@ -36,11 +36,7 @@ async fn a_client_that_never_completes_the_handshake_is_dropped() {
 async fn the_server_advertises_its_http2_limits() {
     let pki = TestPki::new();
     let server = spawn_server(&pki, POLICY).await;
-    let cert = pki.client("reader");
-    let identity =
-        CertifiedKeyFiles::in_memory(vec![cert.cert_der.clone()], cert.key_der(), "client");
-    let config =
-        tls::client_config(&identity, &pki.anchors(), ClientTlsOptions::default()).unwrap();
+    let config = client_tls(&pki, &pki.client("reader"));
     let tcp = TcpStream::connect(server.addr).await.unwrap();
     let mut stream = TlsConnector::from(config)
         .connect(tls::server_name("localhost").unwrap(), tcp)

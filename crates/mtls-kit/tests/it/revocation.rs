@@ -11,33 +11,17 @@ use mtls_kit::server::Limits;
 use mtls_kit::tls::{self, CertifiedKeyFiles, ClientTlsOptions};
 use rustls::HandshakeKind;
 use time::OffsetDateTime;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 use tonic::Code;
 
-use crate::helpers::{spawn_file_server, TestPki, POLICY};
+use crate::helpers::{h2_accepted, spawn_file_server, TestPki, POLICY};
 
-/// Connects with `config` and reads until the server speaks (its HTTP/2
-/// settings) or refuses. Returns how the handshake went.
+/// Connects with `config` until the server speaks (its HTTP/2 settings)
+/// or refuses. Returns how the handshake went.
 async fn handshake(
     addr: std::net::SocketAddr,
     config: Arc<rustls::ClientConfig>,
 ) -> Result<HandshakeKind, String> {
-    let tcp = TcpStream::connect(addr).await.unwrap();
-    let mut stream = TlsConnector::from(config)
-        .connect(tls::server_name("localhost").unwrap(), tcp)
-        .await
-        .map_err(|e| e.to_string())?;
-    stream
-        .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-        .await
-        .unwrap();
-    let mut buf = [0u8; 9];
-    stream
-        .read_exact(&mut buf)
-        .await
-        .map_err(|e| e.to_string())?;
+    let stream = h2_accepted(addr, config).await?;
     Ok(stream.get_ref().1.handshake_kind().unwrap())
 }
 
