@@ -10,8 +10,9 @@ use inventory_service::proto::{
     GetItemRequest, Item, ListItemsRequest, PurgeRequest, PutItemRequest,
 };
 use mtls_kit::client::cli::{self, request, ClientArgs};
+use mtls_kit::client::retry::{self, Idempotency};
+use mtls_kit::client::BalancedChannel;
 use mtls_kit::telemetry;
-use tonic::transport::Channel;
 
 /// Calls the inventory service over mutual TLS as a chosen identity.
 #[derive(Parser, Debug)]
@@ -73,20 +74,25 @@ fn print_item(item: &Item) {
 }
 
 async fn call(
-    channel: Channel,
+    channel: BalancedChannel,
     command: Command,
     timeout: Duration,
 ) -> Result<ExitCode, tonic::Status> {
-    let mut inventory = InventoryClient::new(channel.clone());
-    // TEMPLATE: one arm per subcommand, each calling one RPC.
+    let inventory = InventoryClient::new(channel.clone());
+    // TEMPLATE: one arm per subcommand, each calling one RPC. Reads are
+    // idempotent, so they are retried once on UNAVAILABLE (on another
+    // replica); writes only when the request provably never left
+    // (`retry::retryable`), since a retried write could apply twice.
     match command {
         Command::Get { sku } => {
-            print_item(
-                &inventory
-                    .get_item(request(GetItemRequest { sku }, timeout))
-                    .await?
-                    .into_inner(),
-            );
+            let reply = retry::call(Idempotency::Idempotent, || {
+                let mut inventory = inventory.clone();
+                let req = request(GetItemRequest { sku: sku.clone() }, timeout);
+                async move { inventory.get_item(req).await }
+            })
+            .await
+            .result?;
+            print_item(&reply.into_inner());
         }
         Command::Put {
             sku,
@@ -99,20 +105,45 @@ async fn call(
                 quantity,
                 ..Default::default()
             };
-            let reply = inventory
-                .put_item(request(PutItemRequest { item: Some(item) }, timeout))
-                .await?;
+            let reply = retry::call(Idempotency::NotIdempotent, || {
+                let mut inventory = inventory.clone();
+                let req = request(
+                    PutItemRequest {
+                        item: Some(item.clone()),
+                    },
+                    timeout,
+                );
+                async move { inventory.put_item(req).await }
+            })
+            .await
+            .result?;
             print_item(&reply.into_inner());
         }
         Command::Purge => {
-            let reply = inventory.purge(request(PurgeRequest {}, timeout)).await?;
+            let reply = retry::call(Idempotency::NotIdempotent, || {
+                let mut inventory = inventory.clone();
+                async move { inventory.purge(request(PurgeRequest {}, timeout)).await }
+            })
+            .await
+            .result?;
             println!("removed={}", reply.into_inner().removed);
         }
         Command::List { prefix } => {
-            let mut stream = inventory
-                .list_items(request(ListItemsRequest { sku_prefix: prefix }, timeout))
-                .await?
-                .into_inner();
+            // Only opening the stream is retried: items already printed
+            // cannot be taken back.
+            let mut stream = retry::call(Idempotency::Idempotent, || {
+                let mut inventory = inventory.clone();
+                let req = request(
+                    ListItemsRequest {
+                        sku_prefix: prefix.clone(),
+                    },
+                    timeout,
+                );
+                async move { inventory.list_items(req).await }
+            })
+            .await
+            .result?
+            .into_inner();
             while let Some(item) = stream.message().await? {
                 print_item(&item);
             }
@@ -138,9 +169,13 @@ async fn call(
                     }),
                 });
             }
-            let reply = inventory
-                .import_items(request(tokio_stream::iter(parsed), timeout))
-                .await?;
+            let reply = retry::call(Idempotency::NotIdempotent, || {
+                let mut inventory = inventory.clone();
+                let req = request(tokio_stream::iter(parsed.clone()), timeout);
+                async move { inventory.import_items(req).await }
+            })
+            .await
+            .result?;
             println!("imported={}", reply.into_inner().imported);
         }
         Command::Health { service } => return cli::health(channel, service, timeout).await,

@@ -6,6 +6,7 @@ mod helpers;
 mod store;
 
 mod authorization;
+mod balance;
 mod decisions;
 mod health_reflection;
 mod limits;
