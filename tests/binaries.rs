@@ -347,3 +347,20 @@ fn certs_revoke_and_sighup_cut_a_client_off() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+#[test]
+fn the_client_shows_which_replica_answered() {
+    let dir = project_dir();
+    let (mut server, addr, _) = start_server(dir.path(), &["--replica-name", "replica-7"]);
+    let health = client(dir.path(), &addr, &["--show-replica", "health"]);
+    assert!(health.status.success(), "{}", stderr(&health));
+    assert_eq!(
+        String::from_utf8_lossy(&health.stdout).trim(),
+        "SERVING\nreplica=replica-7"
+    );
+    // Without the flag, the output is unchanged.
+    let plain = client(dir.path(), &addr, &["health"]);
+    assert_eq!(String::from_utf8_lossy(&plain.stdout).trim(), "SERVING");
+    server.kill().unwrap();
+    server.wait().unwrap();
+}

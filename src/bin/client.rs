@@ -60,8 +60,9 @@ async fn main() -> ExitCode {
     let args = Args::parse();
     telemetry::init(args.client.log_format);
     let command = args.command;
+    let show_replica = args.client.show_replica;
     cli::run(&args.client, |channel, timeout| {
-        call(channel, command, timeout)
+        call(channel, command, timeout, show_replica)
     })
     .await
 }
@@ -77,7 +78,14 @@ async fn call(
     channel: BalancedChannel,
     command: Command,
     timeout: Duration,
+    show_replica: bool,
 ) -> Result<ExitCode, tonic::Status> {
+    // `--show-replica`: which replica answered, after the result.
+    let replica = |metadata: &tonic::metadata::MetadataMap| {
+        if show_replica {
+            cli::print_replica(metadata);
+        }
+    };
     let inventory = InventoryClient::new(channel.clone());
     // TEMPLATE: one arm per subcommand, each calling one RPC. Reads are
     // idempotent, so they are retried once on UNAVAILABLE (on another
@@ -92,7 +100,8 @@ async fn call(
             })
             .await
             .result?;
-            print_item(&reply.into_inner());
+            print_item(reply.get_ref());
+            replica(reply.metadata());
         }
         Command::Put {
             sku,
@@ -117,7 +126,8 @@ async fn call(
             })
             .await
             .result?;
-            print_item(&reply.into_inner());
+            print_item(reply.get_ref());
+            replica(reply.metadata());
         }
         Command::Purge => {
             let reply = retry::call(Idempotency::NotIdempotent, || {
@@ -126,7 +136,8 @@ async fn call(
             })
             .await
             .result?;
-            println!("removed={}", reply.into_inner().removed);
+            println!("removed={}", reply.get_ref().removed);
+            replica(reply.metadata());
         }
         Command::List { prefix } => {
             // Only opening the stream is retried: items already printed
@@ -142,11 +153,13 @@ async fn call(
                 async move { inventory.list_items(req).await }
             })
             .await
-            .result?
-            .into_inner();
+            .result?;
+            let metadata = stream.metadata().clone();
+            let stream = stream.get_mut();
             while let Some(item) = stream.message().await? {
                 print_item(&item);
             }
+            replica(&metadata);
         }
         Command::Import { items } => {
             let mut parsed = Vec::with_capacity(items.len());
@@ -176,9 +189,12 @@ async fn call(
             })
             .await
             .result?;
-            println!("imported={}", reply.into_inner().imported);
+            println!("imported={}", reply.get_ref().imported);
+            replica(reply.metadata());
         }
-        Command::Health { service } => return cli::health(channel, service, timeout).await,
+        Command::Health { service } => {
+            return cli::health(channel, service, timeout, show_replica).await
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

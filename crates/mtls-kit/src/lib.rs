@@ -19,6 +19,8 @@
 //! * [`config`]: the server's command-line flags and startup checks;
 //! * [`app`]: the server process (load, bind, reload, stop on a signal);
 //! * [`reload`]: live reload of certificates, CA bundle, CRLs and policy;
+//! * [`replica`]: an optional `x-replica` response header naming the
+//!   replica that answered;
 //! * [`client`]: a tonic channel over the same TLS code, and the client
 //!   flags ([`client::ClientArgs`]);
 //! * [`pki`] and [`certs_cli`]: the development PKI (rcgen), for `certs/`
@@ -41,6 +43,7 @@ pub mod identity;
 pub mod pki;
 pub mod policy;
 pub mod reload;
+pub mod replica;
 pub mod rfc2253;
 pub mod server;
 pub mod telemetry;

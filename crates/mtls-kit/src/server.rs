@@ -24,6 +24,7 @@ use tracing::{info, warn};
 
 use crate::authz::{AuthzLayer, SharedPolicy};
 use crate::conn::{accept_loop, AcceptSettings};
+use crate::replica::{InvalidReplicaName, ReplicaLayer};
 
 /// Transport limits. tonic leaves most of these unlimited by default; each
 /// is set explicitly here.
@@ -112,6 +113,8 @@ pub struct Services {
     names: Vec<&'static str>,
     /// Encoded `FileDescriptorSet`s, served by reflection.
     descriptor_sets: Vec<&'static [u8]>,
+    /// Names this replica in every response (none by default).
+    replica: ReplicaLayer,
 }
 
 impl Services {
@@ -147,6 +150,13 @@ impl Services {
         self
     }
 
+    /// Names this replica in the `x-replica` header of every response
+    /// (see [`crate::replica`]); `None` leaves the header out.
+    pub fn replica_name(&mut self, name: Option<&str>) -> Result<&mut Self, InvalidReplicaName> {
+        self.replica = ReplicaLayer::new(name)?;
+        Ok(self)
+    }
+
     /// The names of the services added so far.
     pub fn names(&self) -> &[&'static str] {
         &self.names
@@ -176,6 +186,7 @@ pub async fn run(
         mut routes,
         names,
         descriptor_sets,
+        replica,
     } = services;
     let (health, health_service) = tonic_health::server::health_reporter();
     for name in &names {
@@ -206,6 +217,8 @@ pub async fn run(
         .http2_keepalive_timeout(Some(limits.keepalive_timeout))
         .max_connection_age(limits.max_connection_age)
         .max_connection_age_grace(limits.max_connection_age_grace)
+        // Outside authorization, so denials name the replica too.
+        .layer(replica)
         .layer(AuthzLayer::new(parts.policy.clone()).dry_run(parts.dry_run))
         .add_routes(routes.routes());
 

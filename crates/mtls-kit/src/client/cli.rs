@@ -18,6 +18,7 @@ use tonic_health::pb::HealthCheckRequest;
 use super::resolve::DnsResolver;
 use super::retry::{self, Idempotency};
 use super::{code_name, connect, describe_error, BalanceSettings, BalancedChannel, ClientSettings};
+use crate::replica::replica_of;
 use crate::telemetry::LogFormat;
 use crate::tls::{self, CertifiedKeyFiles, ClientTlsOptions, MinTlsVersion, TrustAnchors};
 
@@ -82,6 +83,11 @@ pub struct ClientArgs {
     /// since (a lost connection also triggers one).
     #[arg(long, env = "CLIENT_REFRESH_SECS", default_value_t = 30, global = true)]
     pub refresh_secs: u64,
+
+    /// After the result, print the name of the replica that answered (its
+    /// x-replica header) on a line of its own: replica=NAME.
+    #[arg(long, env = "CLIENT_SHOW_REPLICA", global = true)]
+    pub show_replica: bool,
 
     /// Log format (logs go to stderr).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Human, global = true)]
@@ -162,7 +168,11 @@ where
         }
     };
     let expect = args.expect;
-    match call(channel, args.timeout()).await {
+    let result = call(channel, args.timeout()).await;
+    if let (Err(status), true) = (&result, args.show_replica) {
+        print_replica(status.metadata());
+    }
+    match result {
         Ok(code) if expect == tonic::Code::Ok => code,
         Ok(_) => {
             eprintln!(
@@ -202,13 +212,20 @@ pub fn request<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
     req
 }
 
+/// Prints `replica=NAME`, the replica named in `metadata` (`?` if none).
+pub fn print_replica(metadata: &tonic::metadata::MetadataMap) {
+    println!("replica={}", replica_of(metadata).unwrap_or("?"));
+}
+
 /// grpc.health.v1 Check of `service` (empty: the server as a whole).
-/// Prints the status; the exit status is 0 only if it is SERVING. A check
-/// is a read: it is retried once on UNAVAILABLE.
+/// Prints the status (and, if `show_replica`, the replica that answered);
+/// the exit status is 0 only if it is SERVING. A check is a read: it is
+/// retried once on UNAVAILABLE.
 pub async fn health(
     channel: BalancedChannel,
     service: String,
     timeout: Duration,
+    show_replica: bool,
 ) -> Result<ExitCode, tonic::Status> {
     let client = HealthClient::new(channel);
     let reply = retry::call(Idempotency::Idempotent, || {
@@ -222,8 +239,11 @@ pub async fn health(
     })
     .await
     .result?;
-    let status = reply.into_inner().status();
+    let status = reply.get_ref().status();
     println!("{}", status.as_str_name());
+    if show_replica {
+        print_replica(reply.metadata());
+    }
     Ok(if status == ServingStatus::Serving {
         ExitCode::SUCCESS
     } else {

@@ -12,6 +12,7 @@ mod health_reflection;
 mod limits;
 mod openssl_subjects;
 mod reload;
+mod replica;
 mod revocation;
 mod rotation;
 mod shutdown;
