@@ -1,5 +1,10 @@
 //! The client binary: call each RPC as a chosen identity and print the
-//! result. A failed call prints its gRPC status and exits 1.
+//! result. A failed call prints its gRPC status and exits 1. `load` runs a
+//! steady mix of reads and writes (see `load.rs`).
+
+// Beside this file, in client/, so that cargo does not take it for a binary.
+#[path = "client/load.rs"]
+mod load;
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -47,6 +52,9 @@ enum Command {
         #[arg(required = true)]
         items: Vec<String>,
     },
+    /// A steady stream of reads and writes over every replica, with running
+    /// totals (RPCs, failures, retries, per-replica split) as JSON lines.
+    Load(load::LoadArgs),
     /// grpc.health.v1 Check; exits 0 only if SERVING.
     Health {
         /// Service to check; empty for the server as a whole.
@@ -192,6 +200,7 @@ async fn call(
             println!("imported={}", reply.get_ref().imported);
             replica(reply.metadata());
         }
+        Command::Load(load_args) => return Ok(load::run(channel, load_args, timeout).await),
         Command::Health { service } => {
             return cli::health(channel, service, timeout, show_replica).await
         }

@@ -191,6 +191,7 @@ impl BalancedChannel {
             refresh: refresh.clone(),
             state: state_tx,
             slots: HashMap::new(),
+            backoff: HashMap::new(),
             next_generation: 0,
         };
         let task = tokio::spawn(discovery.run());
@@ -468,6 +469,10 @@ struct Discovery {
     refresh: Arc<Notify>,
     state: watch::Sender<BalanceState>,
     slots: HashMap<SocketAddr, Slot>,
+    /// Addresses whose last connects failed: how many in a row, and when
+    /// to try again (doubling from `min_refresh_interval` up to
+    /// `refresh_interval`), so a listed but dead address costs little.
+    backoff: HashMap<SocketAddr, (u32, Instant)>,
     next_generation: u64,
 }
 
@@ -484,8 +489,8 @@ impl Discovery {
                     () = tokio::time::sleep_until(next) => break,
                     () = self.refresh.notified() => break,
                     Some(event) = self.events.recv() => {
-                        if self.handle(event) {
-                            next = next.min(soon());
+                        if let Some(at) = self.handle(event) {
+                            next = next.min(at.max(soon()));
                         }
                     }
                 }
@@ -525,6 +530,7 @@ impl Discovery {
 
     fn apply(&mut self, addrs: Vec<SocketAddr>) {
         let want: BTreeSet<SocketAddr> = addrs.into_iter().collect();
+        self.backoff.retain(|a, _| want.contains(a));
         let gone: Vec<SocketAddr> = self
             .slots
             .keys()
@@ -539,8 +545,10 @@ impl Discovery {
                 }
             }
         }
+        let now = Instant::now();
         for addr in want {
-            if !self.slots.contains_key(&addr) {
+            let backing_off = self.backoff.get(&addr).is_some_and(|(_, at)| *at > now);
+            if !self.slots.contains_key(&addr) && !backing_off {
                 self.start_connect(addr);
             }
         }
@@ -575,8 +583,9 @@ impl Discovery {
         });
     }
 
-    /// Applies one event; true if the name should be resolved again soon.
-    fn handle(&mut self, event: Event) -> bool {
+    /// Applies one event; returns when to resolve again, if sooner than
+    /// planned.
+    fn handle(&mut self, event: Event) -> Option<Instant> {
         let current = |slots: &HashMap<SocketAddr, Slot>, addr, generation| {
             slots.get(&addr).is_some_and(|s| s.generation == generation)
         };
@@ -587,34 +596,43 @@ impl Discovery {
                         slot.ready = true;
                     }
                     debug!(%addr, "replica connected");
+                    self.backoff.remove(&addr);
                     let _ = self.changes.send(Change::Insert(addr, replica));
                     self.publish(None);
                 }
-                false
+                None
             }
             Event::Failed(addr, generation, error) => {
                 if !current(&self.slots, addr, generation) {
-                    return false;
+                    return None;
                 }
                 self.slots.remove(&addr);
+                let failures = self.backoff.get(&addr).map_or(1, |(n, _)| n + 1);
+                let delay = self
+                    .settings
+                    .min_refresh_interval
+                    .saturating_mul(1 << (failures - 1).min(16))
+                    .min(self.settings.refresh_interval);
+                let retry_at = Instant::now() + delay;
+                self.backoff.insert(addr, (failures, retry_at));
                 let error = BalanceError::Connect {
                     target: self.settings.target.clone(),
                     addr,
                     source: Arc::new(error),
                 };
-                warn!(%addr, error = %describe_error(&error), "connecting to a replica failed");
+                warn!(%addr, failures, retry_in = ?delay, error = %describe_error(&error), "connecting to a replica failed");
                 self.publish(Some(error));
-                true
+                Some(retry_at)
             }
             Event::Lost(addr, generation) => {
                 if !current(&self.slots, addr, generation) {
-                    return false;
+                    return None;
                 }
                 self.slots.remove(&addr);
                 info!(%addr, "connection to a replica closed; resolving again");
                 let _ = self.changes.send(Change::Remove(addr));
                 self.publish(None);
-                true
+                Some(Instant::now())
             }
         }
     }
