@@ -620,7 +620,14 @@ impl Discovery {
                     addr,
                     source: Arc::new(error),
                 };
-                warn!(%addr, failures, retry_in = ?delay, error = %describe_error(&error), "connecting to a replica failed");
+                // Loud only when it leaves the client with no replica: a
+                // listed address that refuses (a replica draining, `::1`
+                // for a server on 127.0.0.1) is routine while others serve.
+                if self.slots.values().any(|s| s.ready) {
+                    debug!(%addr, failures, retry_in = ?delay, error = %describe_error(&error), "connecting to a replica failed");
+                } else {
+                    warn!(%addr, failures, retry_in = ?delay, error = %describe_error(&error), "connecting to a replica failed");
+                }
                 self.publish(Some(error));
                 Some(retry_at)
             }
