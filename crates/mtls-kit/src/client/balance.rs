@@ -83,6 +83,13 @@ pub struct BalanceSettings {
     /// another one is available, so that a retry goes elsewhere. Default
     /// 1 s.
     pub unavailable_penalty: Duration,
+    /// HTTP/2 PING interval on each connection, so that a replica that
+    /// vanished without closing its connections (a network partition, a
+    /// host gone) is noticed and dropped; `None` turns it off. Default 30 s.
+    pub keepalive_interval: Option<Duration>,
+    /// How long a PING may go unanswered before the connection is dropped.
+    /// Default 10 s.
+    pub keepalive_timeout: Duration,
 }
 
 impl BalanceSettings {
@@ -94,6 +101,8 @@ impl BalanceSettings {
             refresh_interval: Duration::from_secs(30),
             min_refresh_interval: Duration::from_secs(1),
             unavailable_penalty: Duration::from_secs(1),
+            keepalive_interval: Some(Duration::from_secs(30)),
+            keepalive_timeout: Duration::from_secs(10),
         }
     }
 }
@@ -168,13 +177,21 @@ impl BalancedChannel {
         resolver: impl Resolve,
         tls: Arc<ArcSwap<ClientConfig>>,
     ) -> Result<Self, BalanceError> {
-        let endpoint = Endpoint::from_shared(format!("http://{}", settings.target))
+        let mut endpoint = Endpoint::from_shared(format!("http://{}", settings.target))
             .map_err(|source| BalanceError::Address {
                 target: settings.target.clone(),
                 source: Arc::new(source),
             })?
             .connect_timeout(settings.connect_timeout)
             .tcp_nodelay(true);
+        if let Some(interval) = settings.keepalive_interval {
+            endpoint = endpoint
+                .http2_keep_alive_interval(interval)
+                .keep_alive_timeout(settings.keepalive_timeout)
+                // Idle connections too: an idle replica that vanished would
+                // otherwise stay in the balancer until the next RPC hangs.
+                .keep_alive_while_idle(true);
+        }
 
         let (changes_tx, changes_rx) = mpsc::unbounded_channel();
         let (events_tx, events_rx) = mpsc::unbounded_channel();

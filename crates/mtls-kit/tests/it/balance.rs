@@ -382,3 +382,58 @@ async fn a_write_answered_unavailable_is_not_retried() {
     assert_eq!(out.result.unwrap_err().code(), Code::Unavailable);
     assert_eq!((out.retries, failing.calls()), (1, 3));
 }
+
+/// A TCP proxy to `target` that, once told to, stops forwarding in both
+/// directions but keeps every connection open: a network partition, as
+/// the client sees it.
+async fn partitionable_proxy(target: SocketAddr) -> (SocketAddr, tokio::sync::watch::Sender<bool>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (partition, partitioned) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            let mut partitioned = partitioned.clone();
+            tokio::spawn(async move {
+                let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
+                if !*partitioned.borrow() {
+                    tokio::select! {
+                        _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => return,
+                        _ = partitioned.wait_for(|p| *p) => {}
+                    }
+                }
+                std::future::pending::<()>().await;
+                drop((inbound, outbound));
+            });
+        }
+    });
+    (addr, partition)
+}
+
+#[tokio::test]
+async fn a_replica_behind_a_partition_is_dropped_by_keepalive() {
+    let pki = TestPki::new();
+    let servers = spawn_servers(&pki, 2).await;
+    let (proxy, partition) = partitionable_proxy(servers[0].addr).await;
+    let resolver = StaticResolver::new([proxy, servers[1].addr]);
+    let cert = pki.client("writer");
+    let identity =
+        CertifiedKeyFiles::in_memory(vec![cert.cert_der.clone()], cert.key_der(), "client");
+    let config = tls::client_config(&identity, &pki.anchors(), ClientTlsOptions::default())
+        .expect("client TLS config");
+    let mut s = settings(Duration::from_secs(1));
+    s.keepalive_interval = Some(Duration::from_millis(100));
+    s.keepalive_timeout = Duration::from_millis(300);
+    s.connect_timeout = Duration::from_millis(500);
+    let channel = BalancedChannel::connect(s, resolver, Arc::new(ArcSwap::new(config)))
+        .await
+        .unwrap();
+    wait_ready(&channel, &[proxy, servers[1].addr]).await;
+
+    // The partitioned connection stays open but answers nothing: only an
+    // unanswered PING tells, and then the replica leaves the balancer.
+    partition.send_replace(true);
+    wait_ready(&channel, &[servers[1].addr]).await;
+    writes(&mut StoreClient::new(channel), 20).await;
+}
