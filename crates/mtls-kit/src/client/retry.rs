@@ -6,7 +6,7 @@
 //! the replica that failed, so the retry goes to another one.
 //!
 //! Anything else (a write) is retried only when the failure proves the
-//! request never reached a server:
+//! request never reached a server, whatever status code tonic gave it:
 //!
 //! * the balancer had given it a connection that had just closed
 //!   ([`NotSent`]);
@@ -77,9 +77,13 @@ where
 }
 
 /// Whether a call that failed with `status` may be made again.
+///
+/// A request that provably never left is retried whatever the code: tonic
+/// reports a stream refused by the peer's GOAWAY as `UNKNOWN`, not
+/// `UNAVAILABLE`.
 pub fn retryable(status: &Status, idempotency: Idempotency) -> bool {
-    status.code() == Code::Unavailable
-        && (idempotency == Idempotency::Idempotent || never_sent(status))
+    never_sent(status)
+        || (idempotency == Idempotency::Idempotent && status.code() == Code::Unavailable)
 }
 
 /// Whether `status` proves the request never reached a server (see the
@@ -146,6 +150,16 @@ mod tests {
         assert!(retryable(
             &unavailable_not_sent(),
             Idempotency::NotIdempotent
+        ));
+        // Whatever code tonic gave it, a request never sent may go again.
+        let unknown = Status::from_error(Box::new(NotSent {
+            addr: "127.0.0.1:1".parse().unwrap(),
+        }));
+        assert_eq!(unknown.code(), Code::Unknown);
+        assert!(retryable(&unknown, Idempotency::NotIdempotent));
+        assert!(!retryable(
+            &Status::unknown("sent"),
+            Idempotency::Idempotent
         ));
     }
 }
