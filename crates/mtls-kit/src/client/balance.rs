@@ -148,6 +148,9 @@ pub struct BalanceState {
     pub settled: bool,
     /// The last resolution or connect failure.
     pub last_error: Option<BalanceError>,
+    /// Connections that have closed so far (drained, aged out by the
+    /// server's GOAWAY, or broken).
+    pub connections_closed: u64,
 }
 
 /// A tonic transport that spreads RPCs over every replica behind a name.
@@ -655,6 +658,7 @@ impl Discovery {
                 self.slots.remove(&addr);
                 info!(%addr, "connection to a replica closed; resolving again");
                 let _ = self.changes.send(Change::Remove(addr));
+                self.state.send_modify(|s| s.connections_closed += 1);
                 self.publish(None);
                 Some(Instant::now())
             }

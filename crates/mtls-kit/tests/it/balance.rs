@@ -261,6 +261,7 @@ async fn calls_continue_when_a_replica_shuts_down() {
     }
 
     assert_eq!(failures.load(Ordering::Relaxed), 0, "failed calls");
+    assert!(channel.state().borrow().connections_closed >= 1);
     // (Less the calls of the 4 workers that were in flight at the count.)
     assert!(calls(&staying).iter().sum::<u64>() >= others_before + 196);
 }
