@@ -22,37 +22,34 @@
 //! that reaches a closed connection fails fast with [`NotSent`], which
 //! [`super::retry`] knows is safe to retry even for a write.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use hyper_util::rt::TokioIo;
 use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch, Notify};
-use tokio::time::Instant;
-use tokio_rustls::TlsConnector;
 use tonic::body::Body;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Endpoint;
 use tower::balance::p2c::Balance;
 use tower::buffer::Buffer;
 use tower::discover::Change;
-use tower::load::Load;
 use tower::util::BoxService;
 use tower::Service;
-use tracing::{debug, info, warn};
 
-use super::describe_error;
 use super::resolve::Resolve;
+
+mod discovery;
+mod replica;
+
+use discovery::Discovery;
+use replica::Replica;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type Request = http::Request<Body>;
@@ -197,23 +194,17 @@ impl BalancedChannel {
         }
 
         let (changes_tx, changes_rx) = mpsc::unbounded_channel();
-        let (events_tx, events_rx) = mpsc::unbounded_channel();
         let (state_tx, state_rx) = watch::channel(BalanceState::default());
         let refresh = Arc::new(Notify::new());
-        let discovery = Discovery {
-            resolver: Box::new(resolver),
+        let discovery = Discovery::new(
+            Box::new(resolver),
             settings,
             endpoint,
             tls,
-            changes: changes_tx,
-            events_tx,
-            events: events_rx,
-            refresh: refresh.clone(),
-            state: state_tx,
-            slots: HashMap::new(),
-            backoff: HashMap::new(),
-            next_generation: 0,
-        };
+            changes_tx,
+            state_tx,
+            refresh.clone(),
+        );
         let task = tokio::spawn(discovery.run());
 
         let balance = Balance::new(Changes(changes_rx));
@@ -332,490 +323,6 @@ impl futures_util::Stream for Changes {
     }
 }
 
-/// One connection to one address, as the balancer sees it.
-struct Replica {
-    channel: Channel,
-    shared: Arc<ReplicaShared>,
-}
-
-/// What the connection, the in-flight calls and the balancer share.
-struct ReplicaShared {
-    addr: SocketAddr,
-    /// Set once the connection has closed, or a call on it failed at the
-    /// transport level: the balancer then drops this replica.
-    closed: AtomicBool,
-    /// Requests sent and not yet answered: the balancer's load measure.
-    in_flight: AtomicUsize,
-    /// Until when this replica is passed over after answering UNAVAILABLE.
-    penalized_until: Mutex<Option<Instant>>,
-    penalty: Duration,
-}
-
-impl ReplicaShared {
-    fn penalized(&self) -> bool {
-        let until = *self
-            .penalized_until
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        until.is_some_and(|t| Instant::now() < t)
-    }
-
-    fn penalize(&self) {
-        *self
-            .penalized_until
-            .lock()
-            .unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + self.penalty);
-    }
-}
-
-/// Compared field by field: a penalized replica loses to any other, then
-/// fewer requests in flight wins.
-#[derive(Debug, Clone, Copy, PartialEq, PartialOrd)]
-struct ReplicaLoad {
-    penalized: bool,
-    in_flight: usize,
-}
-
-impl Load for Replica {
-    type Metric = ReplicaLoad;
-
-    fn load(&self) -> ReplicaLoad {
-        ReplicaLoad {
-            penalized: self.shared.penalized(),
-            in_flight: self.shared.in_flight.load(Ordering::Relaxed),
-        }
-    }
-}
-
-impl Service<Request> for Replica {
-    type Response = Response;
-    type Error = BoxError;
-    type Future = ResponseFuture;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
-        // An error here makes the balancer drop this replica for good; the
-        // discovery task decides whether the address comes back.
-        if self.shared.closed.load(Ordering::Acquire) {
-            return Poll::Ready(Err(Box::new(NotSent {
-                addr: self.shared.addr,
-            })));
-        }
-        self.channel.poll_ready(cx).map_err(Into::into)
-    }
-
-    fn call(&mut self, req: Request) -> ResponseFuture {
-        let in_flight = InFlight::new(self.shared.clone());
-        let call = self.channel.call(req);
-        Box::pin(async move {
-            let result = call.await;
-            let shared = &in_flight.0;
-            match &result {
-                Ok(response) => {
-                    // A trailers-only UNAVAILABLE (the usual shape of an
-                    // error answer) is in the headers.
-                    if response.headers().get("grpc-status").map(|v| v.as_bytes()) == Some(b"14") {
-                        shared.penalize();
-                    }
-                }
-                Err(e) if connection_failed(e) => {
-                    // Set before the caller sees the error, so that a retry
-                    // cannot be given this replica again.
-                    shared.closed.store(true, Ordering::Release);
-                }
-                Err(_) => {}
-            }
-            result.map_err(Into::into)
-        })
-    }
-}
-
-/// Whether a failed call means the connection itself is gone (not just
-/// this stream: its deadline, or a reset of the stream alone).
-fn connection_failed(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut source = Some(err);
-    while let Some(e) = source {
-        if e.is::<tonic::TimeoutExpired>() {
-            return false;
-        }
-        if let Some(h2) = e.downcast_ref::<h2::Error>() {
-            return !h2.is_reset();
-        }
-        source = e.source();
-    }
-    true
-}
-
-/// Counts a request as in flight until its response (or failure) arrives,
-/// or the caller gives up.
-struct InFlight(Arc<ReplicaShared>);
-
-impl InFlight {
-    fn new(shared: Arc<ReplicaShared>) -> Self {
-        shared.in_flight.fetch_add(1, Ordering::Relaxed);
-        Self(shared)
-    }
-}
-
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
-    }
-}
-
-/// What the discovery task hears from connect tasks and connections.
-enum Event {
-    Connected(SocketAddr, u64, Replica),
-    Failed(SocketAddr, u64, tonic::transport::Error),
-    /// The connection of that generation closed.
-    Lost(SocketAddr, u64),
-}
-
-/// One address the discovery task is connecting or connected to.
-struct Slot {
-    /// Tells this connection's events from those of an earlier one to the
-    /// same address.
-    generation: u64,
-    ready: bool,
-}
-
-struct Discovery {
-    resolver: Box<dyn Resolve>,
-    settings: BalanceSettings,
-    endpoint: Endpoint,
-    tls: Arc<ArcSwap<ClientConfig>>,
-    changes: mpsc::UnboundedSender<Change<SocketAddr, Replica>>,
-    events_tx: mpsc::UnboundedSender<Event>,
-    events: mpsc::UnboundedReceiver<Event>,
-    refresh: Arc<Notify>,
-    state: watch::Sender<BalanceState>,
-    slots: HashMap<SocketAddr, Slot>,
-    /// Addresses whose last connects failed: how many in a row, and when
-    /// to try again (doubling from `min_refresh_interval` up to
-    /// `refresh_interval`), so a listed but dead address costs little.
-    backoff: HashMap<SocketAddr, (u32, Instant)>,
-    next_generation: u64,
-}
-
-impl Discovery {
-    async fn run(mut self) {
-        loop {
-            self.resolve().await;
-            let last = Instant::now();
-            let min_interval = self.settings.min_refresh_interval;
-            let soon = || (last + min_interval).max(Instant::now());
-            let mut next = last + self.settings.refresh_interval;
-            loop {
-                tokio::select! {
-                    () = tokio::time::sleep_until(next) => break,
-                    () = self.refresh.notified() => break,
-                    Some(event) = self.events.recv() => {
-                        if let Some(at) = self.handle(event) {
-                            next = next.min(at.max(soon()));
-                        }
-                    }
-                }
-            }
-        }
-    }
-
-    async fn resolve(&mut self) {
-        let target = self.settings.target.clone();
-        let error = match tokio::time::timeout(
-            self.settings.connect_timeout,
-            self.resolver.resolve(),
-        )
-        .await
-        {
-            Ok(Ok(addrs)) if !addrs.is_empty() => {
-                self.apply(addrs);
-                None
-            }
-            // An empty answer is treated like a failure: keep what we have
-            // rather than drop every replica on a resolver glitch.
-            Ok(Ok(_)) => Some(BalanceError::NoAddress { target }),
-            Ok(Err(e)) => Some(BalanceError::Resolve {
-                target,
-                source: Arc::new(e),
-            }),
-            Err(_) => Some(BalanceError::Resolve {
-                target,
-                source: Arc::new(io::Error::new(io::ErrorKind::TimedOut, "timed out")),
-            }),
-        };
-        if let Some(e) = &error {
-            warn!(error = %describe_error(e), "resolution failed; keeping the current replicas");
-        }
-        self.publish(error);
-    }
-
-    fn apply(&mut self, addrs: Vec<SocketAddr>) {
-        let want: BTreeSet<SocketAddr> = addrs.into_iter().collect();
-        self.backoff.retain(|a, _| want.contains(a));
-        let gone: Vec<SocketAddr> = self
-            .slots
-            .keys()
-            .filter(|a| !want.contains(a))
-            .copied()
-            .collect();
-        for addr in gone {
-            if let Some(slot) = self.slots.remove(&addr) {
-                info!(%addr, "replica no longer resolved; dropping it");
-                if slot.ready {
-                    let _ = self.changes.send(Change::Remove(addr));
-                }
-            }
-        }
-        let now = Instant::now();
-        for addr in want {
-            let backing_off = self.backoff.get(&addr).is_some_and(|(_, at)| *at > now);
-            if !self.slots.contains_key(&addr) && !backing_off {
-                self.start_connect(addr);
-            }
-        }
-    }
-
-    fn start_connect(&mut self, addr: SocketAddr) {
-        let generation = self.next_generation;
-        self.next_generation += 1;
-        self.slots.insert(
-            addr,
-            Slot {
-                generation,
-                ready: false,
-            },
-        );
-        let dial = Dial {
-            addr,
-            generation,
-            endpoint: self.endpoint.clone(),
-            server_name: self.settings.server_name.clone(),
-            tls: self.tls.clone(),
-            penalty: self.settings.unavailable_penalty,
-            events: self.events_tx.clone(),
-        };
-        let events = self.events_tx.clone();
-        tokio::spawn(async move {
-            let event = match dial.connect().await {
-                Ok(replica) => Event::Connected(addr, generation, replica),
-                Err(e) => Event::Failed(addr, generation, e),
-            };
-            let _ = events.send(event);
-        });
-    }
-
-    /// Applies one event; returns when to resolve again, if sooner than
-    /// planned.
-    fn handle(&mut self, event: Event) -> Option<Instant> {
-        let current = |slots: &HashMap<SocketAddr, Slot>, addr, generation| {
-            slots.get(&addr).is_some_and(|s| s.generation == generation)
-        };
-        match event {
-            Event::Connected(addr, generation, replica) => {
-                if current(&self.slots, addr, generation) {
-                    if let Some(slot) = self.slots.get_mut(&addr) {
-                        slot.ready = true;
-                    }
-                    debug!(%addr, "replica connected");
-                    self.backoff.remove(&addr);
-                    let _ = self.changes.send(Change::Insert(addr, replica));
-                    self.publish(None);
-                }
-                None
-            }
-            Event::Failed(addr, generation, error) => {
-                if !current(&self.slots, addr, generation) {
-                    return None;
-                }
-                self.slots.remove(&addr);
-                let failures = self.backoff.get(&addr).map_or(1, |(n, _)| n + 1);
-                let delay = self
-                    .settings
-                    .min_refresh_interval
-                    .saturating_mul(1 << (failures - 1).min(16))
-                    .min(self.settings.refresh_interval);
-                let retry_at = Instant::now() + delay;
-                self.backoff.insert(addr, (failures, retry_at));
-                let error = BalanceError::Connect {
-                    target: self.settings.target.clone(),
-                    addr,
-                    source: Arc::new(error),
-                };
-                // Loud only when it leaves the client with no replica: a
-                // listed address that refuses (a replica draining, `::1`
-                // for a server on 127.0.0.1) is routine while others serve.
-                if self.slots.values().any(|s| s.ready) {
-                    debug!(%addr, failures, retry_in = ?delay, error = %describe_error(&error), "connecting to a replica failed");
-                } else {
-                    warn!(%addr, failures, retry_in = ?delay, error = %describe_error(&error), "connecting to a replica failed");
-                }
-                self.publish(Some(error));
-                Some(retry_at)
-            }
-            Event::Lost(addr, generation) => {
-                if !current(&self.slots, addr, generation) {
-                    return None;
-                }
-                self.slots.remove(&addr);
-                info!(%addr, "connection to a replica closed; resolving again");
-                let _ = self.changes.send(Change::Remove(addr));
-                self.state.send_modify(|s| s.connections_closed += 1);
-                self.publish(None);
-                Some(Instant::now())
-            }
-        }
-    }
-
-    fn publish(&self, error: Option<BalanceError>) {
-        let ready = self
-            .slots
-            .iter()
-            .filter(|(_, s)| s.ready)
-            .map(|(a, _)| *a)
-            .collect();
-        let settled = self.slots.values().all(|s| s.ready);
-        self.state.send_modify(|state| {
-            state.ready = ready;
-            state.settled = settled;
-            if error.is_some() {
-                state.last_error = error;
-            }
-        });
-    }
-}
-
-/// Everything a connect task needs to make one replica.
-struct Dial {
-    addr: SocketAddr,
-    generation: u64,
-    endpoint: Endpoint,
-    server_name: ServerName<'static>,
-    tls: Arc<ArcSwap<ClientConfig>>,
-    penalty: Duration,
-    events: mpsc::UnboundedSender<Event>,
-}
-
-impl Dial {
-    /// Connects (TCP, then mutual TLS) and completes the HTTP/2 handshake.
-    async fn connect(self) -> Result<Replica, tonic::transport::Error> {
-        let Dial {
-            addr,
-            generation,
-            endpoint,
-            server_name,
-            tls,
-            penalty,
-            events,
-        } = self;
-        let shared = Arc::new(ReplicaShared {
-            addr,
-            closed: AtomicBool::new(false),
-            in_flight: AtomicUsize::new(0),
-            penalized_until: Mutex::new(None),
-            penalty,
-        });
-        let dialed = Arc::new(AtomicBool::new(false));
-        let connector = {
-            let shared = shared.clone();
-            tower::service_fn(move |_uri: http::Uri| {
-                // tonic's channel reconnects by itself when its connection
-                // is lost. Here the discovery task owns reconnecting (only
-                // to an address still resolved, with its own pacing), so a
-                // second dial fails at once and the request is known unsent.
-                let first = !dialed.swap(true, Ordering::AcqRel);
-                // The config current at connect time: a rotated client
-                // certificate is used by the next connection.
-                let connector = TlsConnector::from(tls.load_full());
-                let server_name = server_name.clone();
-                let shared = shared.clone();
-                let events = events.clone();
-                async move {
-                    if !first {
-                        shared.closed.store(true, Ordering::Release);
-                        return Err::<_, BoxError>(Box::new(NotSent { addr }));
-                    }
-                    let tcp = TcpStream::connect(addr).await?;
-                    tcp.set_nodelay(true)?;
-                    let stream = connector.connect(server_name, tcp).await?;
-                    let guard = LostGuard {
-                        shared,
-                        generation,
-                        events,
-                    };
-                    Ok(TokioIo::new(Tracked {
-                        io: stream,
-                        _guard: guard,
-                    }))
-                }
-            })
-        };
-        let channel = endpoint.connect_with_connector(connector).await?;
-        Ok(Replica { channel, shared })
-    }
-}
-
-/// Reports the connection's end when hyper drops its socket: after a
-/// GOAWAY and the last stream, a reset, or an EOF.
-struct LostGuard {
-    shared: Arc<ReplicaShared>,
-    generation: u64,
-    events: mpsc::UnboundedSender<Event>,
-}
-
-impl Drop for LostGuard {
-    fn drop(&mut self) {
-        self.shared.closed.store(true, Ordering::Release);
-        let _ = self
-            .events
-            .send(Event::Lost(self.shared.addr, self.generation));
-    }
-}
-
-/// A connection's stream, with the guard that reports its end.
-struct Tracked<T> {
-    io: T,
-    _guard: LostGuard,
-}
-
-impl<T: AsyncRead + Unpin> AsyncRead for Tracked<T> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_read(cx, buf)
-    }
-}
-
-impl<T: AsyncWrite + Unpin> AsyncWrite for Tracked<T> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.io.is_write_vectored()
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.io).poll_shutdown(cx)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -837,18 +344,5 @@ mod tests {
             h.insert("grpc-timeout", http::HeaderValue::from_static(bad));
             assert_eq!(grpc_timeout(&h), None, "{bad:?}");
         }
-    }
-
-    #[test]
-    fn a_penalized_replica_loses_to_a_busier_one() {
-        let idle_but_penalized = ReplicaLoad {
-            penalized: true,
-            in_flight: 0,
-        };
-        let busy = ReplicaLoad {
-            penalized: false,
-            in_flight: 50,
-        };
-        assert!(busy < idle_but_penalized);
     }
 }
