@@ -33,19 +33,31 @@ struct Slot {
     /// Tells this connection's events from those of an earlier one to the
     /// same address.
     generation: u64,
+    /// Connected and offered to the balancer (else still connecting).
     ready: bool,
 }
 
+/// The task's state. It alone decides which connections the balancer has.
 pub(super) struct Discovery {
+    /// Where the addresses come from.
     resolver: Box<dyn Resolve>,
     settings: BalanceSettings,
+    /// The `http://target` endpoint every replica's channel is built from,
+    /// so that all of them send the name, not an IP, as `:authority`.
     endpoint: Endpoint,
+    /// The client config, read at each connect (rotation applies to the
+    /// next connection).
     tls: Arc<ArcSwap<ClientConfig>>,
+    /// The balancer's discovery stream.
     changes: mpsc::UnboundedSender<Change<SocketAddr, Replica>>,
+    /// Handed to connect tasks and connections, to report back.
     events_tx: mpsc::UnboundedSender<Event>,
     events: mpsc::UnboundedReceiver<Event>,
+    /// Notified by `BalancedChannel::refresh`.
     refresh: Arc<Notify>,
+    /// What callers and tests see.
     state: watch::Sender<BalanceState>,
+    /// Every address being connected or connected, by address.
     slots: HashMap<SocketAddr, Slot>,
     /// Addresses whose last connects failed: how many in a row, and when
     /// to try again (doubling from `min_refresh_interval` up to

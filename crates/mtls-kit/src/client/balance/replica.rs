@@ -41,6 +41,7 @@ pub(super) struct Replica {
 
 /// What the connection, the in-flight calls and the balancer share.
 struct ReplicaShared {
+    /// For errors and events.
     addr: SocketAddr,
     /// Set once the connection has closed, or a call on it failed at the
     /// transport level: the balancer then drops this replica.
@@ -49,6 +50,7 @@ struct ReplicaShared {
     in_flight: AtomicUsize,
     /// Until when this replica is passed over after answering UNAVAILABLE.
     penalized_until: Mutex<Option<Instant>>,
+    /// How long a penalty lasts.
     penalty: Duration,
 }
 
@@ -165,12 +167,19 @@ impl Drop for InFlight {
 
 /// Everything a connect task needs to make one replica.
 pub(super) struct Dial {
+    /// The resolved address to connect to.
     pub(super) addr: SocketAddr,
+    /// Goes with the `Lost` event, so a late one cannot remove a newer
+    /// connection to the same address.
     pub(super) generation: u64,
+    /// The channel's settings and `:authority` (the name, not the IP).
     pub(super) endpoint: Endpoint,
+    /// What the certificate must carry, whatever the address.
     pub(super) server_name: ServerName<'static>,
     pub(super) tls: Arc<ArcSwap<ClientConfig>>,
+    /// See `BalanceSettings::unavailable_penalty`.
     pub(super) penalty: Duration,
+    /// Where the connection reports its end.
     pub(super) events: mpsc::UnboundedSender<Event>,
 }
 
