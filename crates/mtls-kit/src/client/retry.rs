@@ -2,8 +2,9 @@
 //!
 //! A service's client says, per call, whether the RPC is idempotent (doing
 //! it twice is the same as doing it once: reads, health). Those are retried
-//! once on `UNAVAILABLE`, wherever it came from: the balancer passes over
-//! the replica that failed, so the retry goes to another one.
+//! once on `UNAVAILABLE`, wherever it came from, and when their connection
+//! failed under them (which tonic reports as `UNKNOWN`): the balancer
+//! passes over the replica that failed, so the retry goes to another one.
 //!
 //! Anything else (a write) is retried only when the failure proves the
 //! request never reached a server, whatever status code tonic gave it:
@@ -83,7 +84,26 @@ where
 /// `UNAVAILABLE`.
 pub fn retryable(status: &Status, idempotency: Idempotency) -> bool {
     never_sent(status)
-        || (idempotency == Idempotency::Idempotent && status.code() == Code::Unavailable)
+        || (idempotency == Idempotency::Idempotent
+            && (status.code() == Code::Unavailable || connection_failed(status)))
+}
+
+/// Whether the call failed because its connection did (reset, closed,
+/// broken), not with a status the server sent. gRPC's own implementations
+/// report that as `UNAVAILABLE`; tonic as `UNKNOWN`, with the transport
+/// error as the status's source.
+fn connection_failed(status: &Status) -> bool {
+    if status.code() != Code::Unknown {
+        return false;
+    }
+    let mut source = std::error::Error::source(status);
+    while let Some(e) = source {
+        if e.is::<tonic::transport::Error>() || e.is::<h2::Error>() || e.is::<std::io::Error>() {
+            return true;
+        }
+        source = e.source();
+    }
+    false
 }
 
 /// Whether `status` proves the request never reached a server (see the

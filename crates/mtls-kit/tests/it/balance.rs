@@ -384,39 +384,53 @@ async fn a_write_answered_unavailable_is_not_retried() {
     assert_eq!((out.retries, failing.calls()), (1, 3));
 }
 
-/// A TCP proxy to `target` that, once told to, stops forwarding in both
-/// directions but keeps every connection open: a network partition, as
-/// the client sees it.
-async fn partitionable_proxy(target: SocketAddr) -> (SocketAddr, tokio::sync::watch::Sender<bool>) {
+/// What a [`proxy`] does with its connections.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Link {
+    /// Forwards both ways.
+    Up,
+    /// Forwards nothing but keeps every connection open: a network
+    /// partition, as the client sees it.
+    Partitioned,
+    /// Closes every connection (and each new one at once): the replica's
+    /// host died.
+    Cut,
+}
+
+/// A TCP proxy to `target`, whose link the test controls.
+async fn proxy(target: SocketAddr) -> (SocketAddr, tokio::sync::watch::Sender<Link>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let (partition, partitioned) = tokio::sync::watch::channel(false);
+    let (link_tx, link_rx) = tokio::sync::watch::channel(Link::Up);
     tokio::spawn(async move {
         while let Ok((mut inbound, _)) = listener.accept().await {
-            let mut partitioned = partitioned.clone();
+            let mut link = link_rx.clone();
             tokio::spawn(async move {
                 let Ok(mut outbound) = tokio::net::TcpStream::connect(target).await else {
                     return;
                 };
-                if !*partitioned.borrow() {
+                let up = *link.borrow() == Link::Up;
+                if up {
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound) => return,
-                        _ = partitioned.wait_for(|p| *p) => {}
+                        _ = link.wait_for(|l| *l != Link::Up) => {}
                     }
                 }
-                std::future::pending::<()>().await;
+                // Partitioned: hold both ends, silent, until cut. Cut: return,
+                // which closes both.
+                let _ = link.wait_for(|l| *l == Link::Cut).await;
                 drop((inbound, outbound));
             });
         }
     });
-    (addr, partition)
+    (addr, link_tx)
 }
 
 #[tokio::test]
 async fn a_replica_behind_a_partition_is_dropped_by_keepalive() {
     let pki = TestPki::new();
     let servers = spawn_servers(&pki, 2).await;
-    let (proxy, partition) = partitionable_proxy(servers[0].addr).await;
+    let (proxy, link) = proxy(servers[0].addr).await;
     let resolver = StaticResolver::new([proxy, servers[1].addr]);
     let cert = pki.client("writer");
     let identity =
@@ -434,7 +448,88 @@ async fn a_replica_behind_a_partition_is_dropped_by_keepalive() {
 
     // The partitioned connection stays open but answers nothing: only an
     // unanswered PING tells, and then the replica leaves the balancer.
-    partition.send_replace(true);
+    link.send_replace(Link::Partitioned);
     wait_ready(&channel, &[servers[1].addr]).await;
     writes(&mut StoreClient::new(channel), 20).await;
+}
+
+/// A store whose reads and writes never finish, counting the calls.
+#[derive(Clone, Default)]
+struct StuckStore {
+    calls: Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl StuckStore {
+    async fn stuck<T>(&self) -> Result<T, Status> {
+        self.calls.send_modify(|n| *n += 1);
+        std::future::pending().await
+    }
+}
+
+#[tonic::async_trait]
+impl Store for StuckStore {
+    async fn get(&self, _: Request<Key>) -> Result<Response<Entry>, Status> {
+        self.stuck().await
+    }
+    async fn put(&self, _: Request<Entry>) -> Result<Response<Entry>, Status> {
+        self.stuck().await
+    }
+    async fn clear(&self, _: Request<ClearRequest>) -> Result<Response<ClearReply>, Status> {
+        self.stuck().await
+    }
+    type ScanStream = EntryStream;
+    async fn scan(&self, _: Request<Key>) -> Result<Response<EntryStream>, Status> {
+        self.stuck().await
+    }
+    async fn load(&self, _: Request<Streaming<Entry>>) -> Result<Response<LoadReply>, Status> {
+        self.stuck().await
+    }
+}
+
+#[tokio::test]
+async fn a_read_whose_connection_breaks_is_retried_and_a_write_is_not() {
+    let pki = TestPki::new();
+    let stuck = StuckStore::default();
+    let mut services = Services::new();
+    services.add(StoreServer::new(stuck.clone()));
+    let stuck_server = testing::TestServer::spawn(&pki, POLICY, services).await;
+    let (doomed, link) = proxy(stuck_server.addr).await;
+    let good = spawn_server(&pki, POLICY).await;
+    StoreClient::new(good.connect(&pki.client("writer")).await.unwrap())
+        .put(entry("apple", b"red"))
+        .await
+        .unwrap();
+
+    // A read and a write, both in flight on the doomed replica.
+    let resolver = StaticResolver::new([doomed]);
+    let channel = balanced_as(&pki, "writer", &resolver, Duration::from_secs(1)).await;
+    let client = StoreClient::new(channel.clone());
+    let read = tokio::spawn({
+        let client = client.clone();
+        async move { get(&client, "apple").await }
+    });
+    let write = tokio::spawn({
+        let client = client.clone();
+        async move { put(&client, "pear").await }
+    });
+    let mut calls = stuck.calls.subscribe();
+    tokio::time::timeout(GUARD, calls.wait_for(|&n| n >= 2))
+        .await
+        .unwrap()
+        .unwrap();
+
+    // Another replica joins; then the doomed one's connection breaks.
+    resolver.set([doomed, good.addr]);
+    channel.refresh();
+    wait_ready(&channel, &[doomed, good.addr]).await;
+    link.send_replace(Link::Cut);
+
+    // The read is retried, on the other replica.
+    let read = tokio::time::timeout(GUARD, read).await.unwrap().unwrap();
+    assert_eq!(read.retries, 1);
+    assert_eq!(read.result.unwrap().value, b"red");
+    // The write may have been applied: its error goes to the caller.
+    let write = tokio::time::timeout(GUARD, write).await.unwrap().unwrap();
+    assert_eq!(write.retries, 0);
+    assert_eq!(write.result.unwrap_err().code(), Code::Unknown);
 }
