@@ -359,9 +359,11 @@ fn the_client_shows_which_replica_answered() {
         String::from_utf8_lossy(&health.stdout).trim(),
         "SERVING\nreplica=replica-7"
     );
-    // Without the flag, the output is unchanged.
+    // Without the flag, the output is unchanged; and a one-shot call logs
+    // nothing (its connection closing as it exits is no news).
     let plain = client(dir.path(), &addr, &["health"]);
     assert_eq!(String::from_utf8_lossy(&plain.stdout).trim(), "SERVING");
+    assert_eq!(stderr(&plain), "");
     server.kill().unwrap();
     server.wait().unwrap();
 }

@@ -94,7 +94,9 @@ impl Discovery {
     }
 
     pub(super) async fn run(mut self) {
-        loop {
+        // The balancer gone means every clone of the channel is: stop
+        // quietly (its connections closing is no news then).
+        while !self.changes.is_closed() {
             self.resolve().await;
             let last = Instant::now();
             let min_interval = self.settings.min_refresh_interval;
@@ -105,6 +107,9 @@ impl Discovery {
                     () = tokio::time::sleep_until(next) => break,
                     () = self.refresh.notified() => break,
                     Some(event) = self.events.recv() => {
+                        if self.changes.is_closed() {
+                            return;
+                        }
                         if let Some(at) = self.handle(event) {
                             next = next.min(at.max(soon()));
                         }
