@@ -21,8 +21,10 @@
 //! * [`reload`]: live reload of certificates, CA bundle, CRLs and policy;
 //! * [`replica`]: an optional `x-replica` response header naming the
 //!   replica that answered;
-//! * [`client`]: a tonic channel over the same TLS code, and the client
-//!   flags ([`client::ClientArgs`]);
+//! * [`client`]: a tonic channel over the same TLS code, balanced over
+//!   every replica behind a name ([`client::BalancedChannel`]), retries
+//!   that are safe ([`client::retry`]), and the client flags
+//!   ([`client::ClientArgs`]);
 //! * [`pki`] and [`certs_cli`]: the development PKI (rcgen), for `certs/`
 //!   and tests;
 //! * [`telemetry`]: logging setup;

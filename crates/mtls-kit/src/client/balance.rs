@@ -3,7 +3,7 @@
 //! keeps the set current.
 //!
 //! The pieces are tower's and tonic's: each address gets a tonic
-//! [`Channel`] made by the kit's own connector (the same rustls
+//! [`Channel`](tonic::transport::Channel) made by the kit's own connector (the same rustls
 //! `ClientConfig`, verified against the same server name whatever the IP),
 //! and tower's power-of-two-choices [`Balance`] picks one per request from
 //! a stream of `Insert`/`Remove` changes. What the kit adds is the
