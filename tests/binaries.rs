@@ -2,7 +2,8 @@
 //!
 //! Only the kit's own commands (health, `--expect`, `certs`) are used here,
 //! so these tests keep passing when the example RPCs are replaced; the
-//! service's RPCs are tested in `tests/service.rs`.
+//! service's RPCs are tested in `tests/service.rs`. The exception is the
+//! last test, of `client load`, which a replaced example replaces too.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -482,6 +483,25 @@ fn dev_pki_revocation_and_strict_spiffe_are_on_without_flags() {
 }
 
 #[test]
+fn the_client_shows_which_replica_answered() {
+    let dir = project_dir();
+    let (mut server, addr, _) = start_server(dir.path(), &["--replica-name", "replica-7"]);
+    let health = client(dir.path(), &addr, &["--show-replica", "health"]);
+    assert!(health.status.success(), "{}", stderr(&health));
+    assert_eq!(
+        String::from_utf8_lossy(&health.stdout).trim(),
+        "SERVING\nreplica=replica-7"
+    );
+    // Without the flag, the output is unchanged; and a one-shot call logs
+    // nothing (its connection closing as it exits is no news).
+    let plain = client(dir.path(), &addr, &["health"]);
+    assert_eq!(String::from_utf8_lossy(&plain.stdout).trim(), "SERVING");
+    assert_eq!(stderr(&plain), "");
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
+
+#[test]
 fn a_named_crl_that_is_missing_stops_startup() {
     let dir = project_dir();
     let out = run(Command::new(CERTS).current_dir(dir.path()).arg("init"));
@@ -508,4 +528,37 @@ fn a_named_crl_that_is_missing_stops_startup() {
             "{tls_files:?}"
         );
     }
+}
+
+#[test]
+fn client_load_reports_totals_and_the_replica_split() {
+    let dir = project_dir();
+    let (mut server, addr, _) = start_server(dir.path(), &["--replica-name", "solo"]);
+    let out = client(
+        dir.path(),
+        &addr,
+        &[
+            "--identity",
+            "writer",
+            "load",
+            "--rate",
+            "100",
+            "--duration-secs",
+            "1",
+            "--report-secs",
+            "0",
+        ],
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let last: serde_json::Value =
+        serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap();
+    assert_eq!(last["final"], true, "{stdout}");
+    assert_eq!(last["failures"], 0, "{stdout}");
+    let rpcs = last["rpcs"].as_u64().unwrap();
+    assert!(rpcs >= 50, "{stdout}");
+    // Every call was answered by the one replica, which named itself.
+    assert_eq!(last["replicas"]["solo"].as_u64(), Some(rpcs), "{stdout}");
+    server.kill().unwrap();
+    server.wait().unwrap();
 }

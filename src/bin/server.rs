@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use inventory_service::{services, DEV_IDENTITIES};
 use mtls_kit::config::ServerArgs;
 use mtls_kit::policy_cli::{self, PolicyCommand};
+use mtls_kit::replica::ReplicaArgs;
 use mtls_kit::{app, telemetry};
 
 /// gRPC server with mutual TLS and per-RPC authorization (gRFC A43 policies).
@@ -19,6 +20,8 @@ struct Args {
     command: Option<Command>,
     #[command(flatten)]
     server: ServerArgs,
+    #[command(flatten)]
+    replica: ReplicaArgs,
     // TEMPLATE: add your service's own flags here, each with an `env`.
 }
 
@@ -33,11 +36,15 @@ enum Command {
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
-    let services = services(&args.server.limits());
+    let mut services = services(&args.server.limits());
     if let Some(Command::Policy(cmd)) = &args.command {
         return policy_cli::main(cmd, &services);
     }
     telemetry::init(args.server.log_format);
+    if let Err(e) = services.replica_name(args.replica.name().as_deref()) {
+        eprintln!("error: --replica-name: {e}");
+        return ExitCode::FAILURE;
+    }
     let code = match app::serve(&args.server, &DEV_IDENTITIES, services).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -24,6 +24,7 @@ use tower::layer::util::{Identity, Stack};
 use crate::authz::AuthzLayer;
 use crate::conn::PeerStream;
 use crate::metrics::rpc::RpcLayer;
+use crate::replica::ReplicaLayer;
 use crate::settle::SettleLayer;
 
 /// `age` moved by up to `fraction` of itself either way, uniformly.
@@ -51,7 +52,8 @@ fn random_unit() -> f64 {
 }
 
 /// The layers every RPC passes: [`SettleLayer`] outside [`AuthzLayer`].
-pub type Layers = Stack<AuthzLayer, Stack<SettleLayer, Stack<RpcLayer, Identity>>>;
+pub type Layers =
+    Stack<AuthzLayer, Stack<ReplicaLayer, Stack<SettleLayer, Stack<RpcLayer, Identity>>>>;
 
 /// How long a connection lives.
 #[derive(Clone, Copy, Debug)]

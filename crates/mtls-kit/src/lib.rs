@@ -29,8 +29,12 @@
 //! * [`config`]: the server's command-line flags and startup checks;
 //! * [`app`]: the server process (load, bind, reload, stop on a signal);
 //! * [`reload`]: live reload of certificates, CA bundle, CRLs and policy;
-//! * [`client`]: a tonic channel over the same TLS code, and the client
-//!   flags ([`client::ClientArgs`]);
+//! * [`replica`]: an optional `x-replica` response header naming the
+//!   replica that answered;
+//! * [`client`]: a tonic channel over the same TLS code, balanced over
+//!   every replica behind a name ([`client::BalancedChannel`]), retries
+//!   that are safe ([`client::retry`]), and the client flags
+//!   ([`client::ClientArgs`]);
 //! * [`pki`] and [`certs_cli`]: the development PKI (rcgen), for `certs/`
 //!   and tests;
 //! * [`telemetry`]: logging setup (and, with the `otel` feature,
@@ -58,6 +62,7 @@ pub mod pki;
 pub mod policy;
 pub mod policy_cli;
 pub mod reload;
+pub mod replica;
 pub mod rfc2253;
 pub mod server;
 pub mod settle;

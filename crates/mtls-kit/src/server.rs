@@ -29,6 +29,7 @@ use crate::connections;
 use crate::metrics::rpc::{KnownMethods, RpcLayer};
 use crate::metrics::Metrics;
 use crate::policy::ServedMethods;
+use crate::replica::{InvalidReplicaName, ReplicaLayer};
 use crate::settle::SettleLayer;
 
 /// Transport limits. tonic leaves most of these unlimited by default; each
@@ -145,6 +146,8 @@ pub struct Services {
     descriptor_sets: Vec<&'static [u8]>,
     /// Where the kit's metrics and the service's own go.
     metrics: Metrics,
+    /// Names this replica in every response (none by default).
+    replica: ReplicaLayer,
 }
 
 impl Services {
@@ -179,6 +182,13 @@ impl Services {
     pub fn file_descriptor_set(&mut self, encoded: &'static [u8]) -> &mut Self {
         self.descriptor_sets.push(encoded);
         self
+    }
+
+    /// Names this replica in the `x-replica` header of every response
+    /// (see [`crate::replica`]); `None` leaves the header out.
+    pub fn replica_name(&mut self, name: Option<&str>) -> Result<&mut Self, InvalidReplicaName> {
+        self.replica = ReplicaLayer::new(name)?;
+        Ok(self)
     }
 
     /// The names of the services added so far.
@@ -244,6 +254,7 @@ pub async fn run(
         names,
         descriptor_sets,
         metrics,
+        replica,
     } = services;
     let (health, health_service) = tonic_health::server::health_reporter();
     for name in &names {
@@ -285,6 +296,8 @@ pub async fn run(
             limits.early_answer_body_bytes,
             limits.early_answer_wait,
         ))
+        // Outside authorization, so denials name the replica too.
+        .layer(replica)
         .layer(AuthzLayer::new(parts.policy.clone()).dry_run(parts.dry_run));
     let routes = routes.routes().prepare();
 

@@ -15,7 +15,10 @@ use tonic_health::pb::health_check_response::ServingStatus;
 use tonic_health::pb::health_client::HealthClient;
 use tonic_health::pb::HealthCheckRequest;
 
-use super::{code_name, connect, describe_error, ClientSettings};
+use super::resolve::DnsResolver;
+use super::retry::{self, Idempotency};
+use super::{code_name, connect, describe_error, BalanceSettings, BalancedChannel, ClientSettings};
+use crate::replica::replica_of;
 use crate::telemetry::LogFormat;
 use crate::tls::{self, CertifiedKeyFiles, ClientTlsOptions, MinTlsVersion, TrustAnchors};
 
@@ -76,6 +79,16 @@ pub struct ClientArgs {
     #[arg(long, env = "CLIENT_EXPECT", default_value = "OK", global = true, value_parser = parse_code)]
     pub expect: tonic::Code,
 
+    /// Seconds between two resolutions of --addr, to find replicas added
+    /// since (a lost connection also triggers one).
+    #[arg(long, env = "CLIENT_REFRESH_SECS", default_value_t = 30, global = true)]
+    pub refresh_secs: u64,
+
+    /// After the result, print the name of the replica that answered (its
+    /// x-replica header) on a line of its own: replica=NAME.
+    #[arg(long, env = "CLIENT_SHOW_REPLICA", global = true)]
+    pub show_replica: bool,
+
     /// Log format (logs go to stderr).
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Human, global = true)]
     pub log_format: LogFormat,
@@ -87,9 +100,8 @@ impl ClientArgs {
         Duration::from_secs(self.timeout_secs)
     }
 
-    /// Reads the certificate, key and CA bundle, then connects over mutual
-    /// TLS.
-    pub async fn connect(&self) -> anyhow::Result<Channel> {
+    /// Reads the certificate, key and CA bundle into a client TLS config.
+    pub fn tls_config(&self) -> anyhow::Result<Arc<ArcSwap<rustls::ClientConfig>>> {
         let (cert, key) = match (&self.cert, &self.key) {
             (Some(c), Some(k)) => (c.clone(), k.clone()),
             _ => (
@@ -106,22 +118,49 @@ impl ClientArgs {
                 min_version: self.min_tls_version,
             },
         )?;
+        Ok(Arc::new(ArcSwap::new(config)))
+    }
+
+    /// Reads the certificate, key and CA bundle, then connects over mutual
+    /// TLS to the one address `--addr` names.
+    pub async fn connect(&self) -> anyhow::Result<Channel> {
+        let tls = self.tls_config()?;
         let mut settings =
             ClientSettings::new(self.addr.clone(), tls::server_name(&self.server_name)?);
         settings.connect_timeout = self.timeout();
-        Ok(connect(&settings, Arc::new(ArcSwap::new(config))).await?)
+        Ok(connect(&settings, tls).await?)
+    }
+
+    /// How [`connect_balanced`](Self::connect_balanced) balances.
+    pub fn balance_settings(&self) -> anyhow::Result<BalanceSettings> {
+        let mut settings =
+            BalanceSettings::new(self.addr.clone(), tls::server_name(&self.server_name)?);
+        settings.connect_timeout = self.timeout();
+        settings.refresh_interval = Duration::from_secs(self.refresh_secs.max(1));
+        Ok(settings)
+    }
+
+    /// Reads the certificate, key and CA bundle, resolves `--addr` and
+    /// connects over mutual TLS to every address behind it; returns once
+    /// one is connected (see [`BalancedChannel::connect`]).
+    pub async fn connect_balanced(&self) -> anyhow::Result<BalancedChannel> {
+        let tls = self.tls_config()?;
+        let settings = self.balance_settings()?;
+        let resolver = DnsResolver::new(self.addr.clone());
+        Ok(BalancedChannel::connect(settings, resolver, tls).await?)
     }
 }
 
-/// Connects, makes the call `call` describes, and turns its outcome into
+/// Connects to every replica behind `--addr`, makes the call `call`
+/// describes, and turns its outcome into
 /// the process's exit status: 0 when it ends as `--expect` says, 1 (with
 /// the status and its transport cause on stderr) otherwise.
 pub async fn run<F, Fut>(args: &ClientArgs, call: F) -> ExitCode
 where
-    F: FnOnce(Channel, Duration) -> Fut,
+    F: FnOnce(BalancedChannel, Duration) -> Fut,
     Fut: Future<Output = Result<ExitCode, tonic::Status>>,
 {
-    let channel = match args.connect().await {
+    let channel = match args.connect_balanced().await {
         Ok(channel) => channel,
         Err(e) => {
             eprintln!("error: {}", describe_error(e.as_ref()));
@@ -132,7 +171,11 @@ where
     // The client side of the RPC's trace: with `otel`, its context goes to
     // the server in `traceparent` (see `request`).
     let span = tracing::info_span!("grpc.client", otel.kind = "client", identity = %args.identity);
-    match tracing::Instrument::instrument(call(channel, args.timeout()), span).await {
+    let result = tracing::Instrument::instrument(call(channel, args.timeout()), span).await;
+    if let (Err(status), true) = (&result, args.show_replica) {
+        print_replica(status.metadata());
+    }
+    match result {
         Ok(code) if expect == tonic::Code::Ok => code,
         Ok(_) => {
             eprintln!(
@@ -174,18 +217,38 @@ pub fn request<T>(msg: T, timeout: Duration) -> tonic::Request<T> {
     req
 }
 
+/// Prints `replica=NAME`, the replica named in `metadata` (`?` if none).
+pub fn print_replica(metadata: &tonic::metadata::MetadataMap) {
+    println!("replica={}", replica_of(metadata).unwrap_or("?"));
+}
+
 /// grpc.health.v1 Check of `service` (empty: the server as a whole).
-/// Prints the status; the exit status is 0 only if it is SERVING.
+/// Prints the status (and, if `show_replica`, the replica that answered);
+/// the exit status is 0 only if it is SERVING. A check is a read: it is
+/// retried once on UNAVAILABLE.
 pub async fn health(
-    channel: Channel,
+    channel: BalancedChannel,
     service: String,
     timeout: Duration,
+    show_replica: bool,
 ) -> Result<ExitCode, tonic::Status> {
-    let reply = HealthClient::new(channel)
-        .check(request(HealthCheckRequest { service }, timeout))
-        .await?;
-    let status = reply.into_inner().status();
+    let client = HealthClient::new(channel);
+    let reply = retry::call(Idempotency::Idempotent, || {
+        let mut client = client.clone();
+        let service = service.clone();
+        async move {
+            client
+                .check(request(HealthCheckRequest { service }, timeout))
+                .await
+        }
+    })
+    .await
+    .result?;
+    let status = reply.get_ref().status();
     println!("{}", status.as_str_name());
+    if show_replica {
+        print_replica(reply.metadata());
+    }
     Ok(if status == ServingStatus::Serving {
         ExitCode::SUCCESS
     } else {

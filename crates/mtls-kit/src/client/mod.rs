@@ -6,9 +6,15 @@
 //! config be swapped for new connections while the channel lives.
 //!
 //! [`cli`] holds the flags and exit-status conventions of a client binary.
+//! [`balance`] spreads RPCs over every replica behind a name (addresses
+//! from [`resolve`]), and [`retry`] retries a call once when that is safe.
 
+pub mod balance;
 pub mod cli;
+pub mod resolve;
+pub mod retry;
 
+pub use balance::{BalanceSettings, BalancedChannel};
 pub use cli::ClientArgs;
 
 use std::sync::Arc;

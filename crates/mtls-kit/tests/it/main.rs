@@ -6,6 +6,7 @@ mod helpers;
 mod store;
 
 mod authorization;
+mod balance;
 mod connection_age;
 mod decisions;
 mod early_answers;
@@ -16,6 +17,7 @@ mod metrics;
 mod openssl_subjects;
 mod policy_paths;
 mod reload;
+mod replica;
 mod revocation;
 mod rotation;
 mod shutdown;
