@@ -10,16 +10,19 @@ ARG RUNTIME_IMAGE=debian:bookworm-slim
 FROM ${RUST_IMAGE} AS builder
 WORKDIR /src
 
-# 1. Dependencies only, against stub sources (and stub build scripts, so
-#    the build dependencies are compiled here too): this layer is rebuilt only
-#    when a Cargo.toml or Cargo.lock changes. Editing a source file or a
+# 1. Dependencies only, against stub sources: stub build scripts, so the
+#    build dependencies are compiled here too, and a stub for every bench and
+#    test target the kit's manifest declares, since cargo checks that they
+#    exist. This layer is rebuilt only when a Cargo.toml or Cargo.lock changes. Editing a source file or a
 #    .proto rebuilds the workspace's own crates alone.
 COPY Cargo.toml Cargo.lock ./
 COPY crates/mtls-kit/Cargo.toml crates/mtls-kit/
 RUN mkdir -p src/bin crates/mtls-kit/src crates/mtls-kit/benches \
  && for d in . crates/mtls-kit; do echo 'fn main() {}' > "$d/build.rs"; touch "$d/src/lib.rs"; done \
  && for b in server client certs; do echo 'fn main() {}' > "src/bin/$b.rs"; done \
- && echo 'fn main() {}' > crates/mtls-kit/benches/policy.rs \
+ && awk '/^\[\[(bench|test)\]\]/ { dir = ($0 ~ /bench/) ? "benches" : "tests"; next } \
+        dir && /^name *=/ { gsub(/"/, "", $3); print dir "/" $3 ".rs"; dir = "" }' crates/mtls-kit/Cargo.toml \
+    | while read -r target; do mkdir -p "crates/mtls-kit/$(dirname "$target")"; echo 'fn main() {}' > "crates/mtls-kit/$target"; done \
  && cargo build --release --locked --bins \
  && rm -rf src build.rs crates
 
