@@ -118,7 +118,7 @@ chmod 755 "$work/config"
 chmod 644 "$work/config/policy.json"
 export REPLICAS_CONFIG_DIR="$work/config"
 # A random host port per replica (three cannot share one).
-export MTLS_HOST_PORT=""
+export MTLS_HOST_PORT="" MTLS_METRICS_PORT=""
 
 log "docker compose up --build --scale server=3 (${compose[0]})"
 "${compose[@]}" up --build -d --scale server=3 pki server load >"$work/up.log" 2>&1 \

@@ -415,7 +415,8 @@ fn dev_pki_revocation_and_strict_spiffe_are_on_without_flags() {
         .filter_map(|l| serde_json::from_str(l).ok())
         .find(|e: &serde_json::Value| e["message"] == "configuration loaded")
         .unwrap();
-    assert_eq!(loaded["spiffe_trust_domain"], "example.org", "{loaded}");
+    let trust_domain = inventory_service::DEV_IDENTITIES.trust_domain;
+    assert_eq!(loaded["spiffe_trust_domain"], trust_domain, "{loaded}");
     assert_eq!(loaded["crls"], 1, "{loaded}");
     // The dev server certificate is verified by name; the server says so.
     assert!(
@@ -472,10 +473,9 @@ fn dev_pki_revocation_and_strict_spiffe_are_on_without_flags() {
         "client certificate refused: not an X.509-SVID of the trust domain (strict SPIFFE mode)",
     );
     assert!(
-        why["reason"]
-            .as_str()
-            .unwrap()
-            .contains("\"spiffe://other.example/stranger\" is not in trust domain \"example.org\""),
+        why["reason"].as_str().unwrap().contains(&format!(
+            "\"spiffe://other.example/stranger\" is not in trust domain \"{trust_domain}\""
+        )),
         "{why}"
     );
     server.kill().unwrap();
