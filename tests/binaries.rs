@@ -35,6 +35,14 @@ fn project_dir() -> tempfile::TempDir {
     dir
 }
 
+/// A project directory whose dev PKI `certs init` has made.
+fn project_dir_with_dev_pki() -> tempfile::TempDir {
+    let dir = project_dir();
+    let out = run(Command::new(CERTS).current_dir(dir.path()).arg("init"));
+    assert!(out.status.success(), "{}", stderr(&out));
+    dir
+}
+
 /// Starts the server in `dir` on an ephemeral port; returns it and the
 /// address it reported once listening.
 fn start_server(dir: &Path, extra: &[&str]) -> (Child, String, Vec<String>) {
@@ -227,9 +235,7 @@ fn explicitly_named_files_that_are_missing_give_one_line_errors() {
 
 #[test]
 fn client_failures_are_clear() {
-    let dir = project_dir();
-    let out = run(Command::new(CERTS).current_dir(dir.path()).arg("init"));
-    assert!(out.status.success(), "{}", stderr(&out));
+    let dir = project_dir_with_dev_pki();
     // A second init refuses to overwrite; --if-missing is a quiet success.
     let again = run(Command::new(CERTS).current_dir(dir.path()).arg("init"));
     assert!(
@@ -289,9 +295,7 @@ fn wait_for_log(lines: &mpsc::Receiver<String>, message: &str) -> serde_json::Va
 
 #[test]
 fn certs_revoke_and_sighup_cut_a_client_off() {
-    let dir = project_dir();
-    let out = run(Command::new(CERTS).current_dir(dir.path()).arg("init"));
-    assert!(out.status.success(), "{}", stderr(&out));
+    let dir = project_dir_with_dev_pki();
     // File watching and polling off: only SIGHUP can reload.
     let (mut server, addr, _, lines) = start_server_logs(
         dir.path(),
@@ -399,9 +403,7 @@ fn a_typo_in_a_policy_path_warns_by_default_and_stops_startup_when_strict() {
 
 #[test]
 fn dev_pki_revocation_and_strict_spiffe_are_on_without_flags() {
-    let dir = project_dir();
-    let out = run(Command::new(CERTS).current_dir(dir.path()).arg("init"));
-    assert!(out.status.success(), "{}", stderr(&out));
+    let dir = project_dir_with_dev_pki();
     // A dev PKI from before the CRL existed: the server makes an empty one.
     std::fs::remove_file(dir.path().join("certs/crl.pem")).unwrap();
     let (mut server, addr, log, lines) = start_server_logs(dir.path(), &[]);
@@ -503,9 +505,7 @@ fn the_client_shows_which_replica_answered() {
 
 #[test]
 fn a_named_crl_that_is_missing_stops_startup() {
-    let dir = project_dir();
-    let out = run(Command::new(CERTS).current_dir(dir.path()).arg("init"));
-    assert!(out.status.success(), "{}", stderr(&out));
+    let dir = project_dir_with_dev_pki();
     for tls_files in [
         &[][..],
         &[

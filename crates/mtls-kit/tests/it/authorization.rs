@@ -1,8 +1,8 @@
 //! Per-RPC authorization from the verified client certificate.
 
 use crate::store::StoreClient;
-use crate::store::{entry, ClearRequest, Entry, Key};
-use http::uri::PathAndQuery;
+use crate::store::{call_path, entry, ClearRequest, Entry, Key};
+
 use tonic::Code;
 
 use crate::helpers::{spawn_server, TestPki, POLICY};
@@ -99,21 +99,6 @@ async fn unauthorized_identities_get_permission_denied_and_no_handler_runs() {
     let status = reader.get(Key { key: "x".into() }).await.unwrap_err();
     assert_eq!(status.code(), Code::NotFound, "{status:?}");
     assert_eq!(server.store.handler_calls(), 1);
-}
-
-/// Calls a method by raw path, as a client generated from another proto
-/// version might.
-async fn call_path(channel: tonic::transport::Channel, path: &'static str) -> tonic::Status {
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.unwrap();
-    let codec = tonic_prost::ProstCodec::<Key, Entry>::default();
-    grpc.unary(
-        tonic::Request::new(Key::default()),
-        PathAndQuery::from_static(path),
-        codec,
-    )
-    .await
-    .unwrap_err()
 }
 
 #[tokio::test]

@@ -4,7 +4,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::uri::PathAndQuery;
 use mtls_kit::metrics::reload::{record, reload_and_record, sha256_prefix};
 use mtls_kit::metrics::scrape::{self, Exposition};
 use mtls_kit::pki::{CertificateAuthority, LeafSpec, Usage};
@@ -20,7 +19,7 @@ use crate::helpers::{
     spawn_file_server, spawn_server, spawn_server_opts, spawn_server_with, LogCapture, TestPki,
     TestServer, POLICY,
 };
-use crate::store::{entry, Entry, Key, StoreClient};
+use crate::store::{call_path, entry, Entry, Key, StoreClient};
 
 const STORE: &str = "kittest.v1.Store";
 
@@ -152,20 +151,6 @@ async fn a_stream_the_client_abandons_is_counted_as_cancelled() {
         ),
         1.0
     );
-}
-
-/// Calls a method by raw path.
-async fn call_path(channel: tonic::transport::Channel, path: &'static str) -> tonic::Status {
-    let mut grpc = tonic::client::Grpc::new(channel);
-    grpc.ready().await.unwrap();
-    let codec = tonic_prost::ProstCodec::<Key, Entry>::default();
-    grpc.unary(
-        tonic::Request::new(Key::default()),
-        PathAndQuery::from_static(path),
-        codec,
-    )
-    .await
-    .unwrap_err()
 }
 
 #[tokio::test]

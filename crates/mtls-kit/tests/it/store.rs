@@ -131,3 +131,18 @@ pub fn entry(key: &str, value: &[u8]) -> Entry {
         ..Default::default()
     }
 }
+
+/// Calls `path` with a `Key` and expects it to fail, as a client generated
+/// from another proto version might call a method this server lacks.
+pub async fn call_path(channel: tonic::transport::Channel, path: &'static str) -> Status {
+    let mut grpc = tonic::client::Grpc::new(channel);
+    grpc.ready().await.unwrap();
+    let codec = tonic_prost::ProstCodec::<Key, Entry>::default();
+    grpc.unary(
+        Request::new(Key::default()),
+        http::uri::PathAndQuery::from_static(path),
+        codec,
+    )
+    .await
+    .unwrap_err()
+}
