@@ -4,9 +4,11 @@
 # validates every resource (built-in kinds against the Kubernetes API schema,
 # strict; cert-manager kinds against cert-manager's CRD schemas), checks that
 # the SPIFFE IDs of the Certificates and the principals of the policy agree,
-# and checks the wiring (mounts, probes, shutdown timing). Then it proves the
-# checks bite: the self-test (pytest, deploy/kubernetes/tests/) feeds broken
-# copies of the manifests and expects each one to fail.
+# checks the wiring (mounts, probes, shutdown timing) and that the metrics
+# endpoint is exposed (SERVER_METRICS_LISTEN not loopback, containerPort 9464
+# `metrics`) and admitted by the NetworkPolicy only from `monitoring`. Then it
+# proves the checks bite: the self-test (pytest, deploy/kubernetes/tests/)
+# feeds broken copies of the manifests and expects each one to fail.
 #
 # Usage: scripts/validate-k8s.sh [--no-self-test]
 #
@@ -38,7 +40,7 @@ self_test=1
 for arg in "$@"; do
   case "$arg" in
     --no-self-test) self_test=0 ;;
-    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,30p' "$0"; exit 0 ;;
     *) echo "unknown argument: $arg" >&2; exit 2 ;;
   esac
 done

@@ -52,7 +52,7 @@ def test_the_committed_manifests_pass(tmp_path):
     report = render_and_validate(tmp_path)
     assert report.errors == []
     # Every rendered resource went through a schema.
-    assert len(report.schema_checked) >= 19
+    assert len(report.schema_checked) >= 20
 
 
 def test_a_misspelled_deployment_field_fails(tmp_path):
@@ -156,6 +156,52 @@ def test_an_unknown_kind_fails(tmp_path):
           "    pod-security.kubernetes.io/enforce-version: latest\n---\napiVersion: example.org/v1\nkind: Widget\nmetadata:\n  name: w\n  namespace: inventory\n")],
     )
     assert_fails(report, "no schema for example.org/v1 Widget")
+
+
+def test_a_deployment_without_the_metrics_container_port_fails(tmp_path):
+    report = render_and_validate(
+        tmp_path, [("deployment.yaml", "            - name: metrics\n              containerPort: 9464\n              protocol: TCP\n", "")]
+    )
+    # The NetworkPolicy's named port no longer resolves either.
+    assert_fails(report, "no containerPort 9464 named 'metrics'", "no ingress rule admits port 9464 from namespace 'monitoring'")
+
+
+def test_metrics_on_loopback_fails(tmp_path):
+    report = render_and_validate(tmp_path, [("deployment.yaml", "value: 0.0.0.0:9464", "value: 127.0.0.1:9464")])
+    assert_fails(report, "SERVER_METRICS_LISTEN is '127.0.0.1:9464', a loopback address")
+
+
+def test_metrics_listen_left_at_the_default_fails(tmp_path):
+    report = render_and_validate(
+        tmp_path, [("deployment.yaml", "            - name: SERVER_METRICS_LISTEN\n              value: 0.0.0.0:9464\n", "")]
+    )
+    assert_fails(report, "env SERVER_METRICS_LISTEN missing: the server's default 127.0.0.1:9464 is loopback")
+
+
+def test_metrics_off_fails(tmp_path):
+    report = render_and_validate(tmp_path, [("deployment.yaml", "value: 0.0.0.0:9464", "value: \"off\"")])
+    assert_fails(report, "env SERVER_METRICS_LISTEN is 'off', expected a non-loopback address")
+
+
+def test_metrics_admitted_from_every_namespace_fails(tmp_path):
+    report = render_and_validate(
+        tmp_path,
+        [("networkpolicy.yaml", "        - namespaceSelector:\n            matchLabels:\n              kubernetes.io/metadata.name: monitoring\n",
+          "        - namespaceSelector: {}\n")],
+    )
+    assert_fails(report, "admits port 9464 from {'namespaceSelector': {}}", "no ingress rule admits port 9464 from namespace 'monitoring'")
+
+
+def test_metrics_admitted_by_the_grpc_rule_too_fails(tmp_path):
+    report = render_and_validate(
+        tmp_path, [("networkpolicy.yaml", "        - port: grpc\n", "        - port: grpc\n          protocol: TCP\n        - port: 9464\n")]
+    )
+    assert_fails(report, "ingress rule 0 admits port 9464 from", "inventory-client")
+
+
+def test_a_wrong_scrape_annotation_fails(tmp_path):
+    report = render_and_validate(tmp_path, [("deployment.yaml", 'prometheus.io/port: "9464"', 'prometheus.io/port: "50051"')])
+    assert_fails(report, "pod annotation prometheus.io/port is '50051', expected '9464'")
 
 
 @pytest.mark.parametrize("pattern,value,expected", [

@@ -19,6 +19,11 @@ Run by scripts/validate-k8s.sh, which installs the pinned tools first. Checks:
    to mounted Secret/ConfigMap keys (no subPath, which would never see a
    renewal); the probes present the probe identity; the grace period covers
    preStop plus the drain timeout; the hardening the README promises is there.
+4. metrics: the server's metrics endpoint (SERVER_METRICS_LISTEN) listens on
+   a non-loopback address at a TCP containerPort named `metrics` (9464), the
+   pod carries the prometheus.io/ scrape annotations for it, and the
+   NetworkPolicies admit that port from the `monitoring` namespace and from
+   nowhere else (and still admit the gRPC port).
 
 Exits 1 with a list of every problem, 0 with a summary if there is none.
 """
@@ -28,6 +33,7 @@ from __future__ import annotations
 import argparse
 import copy
 import glob
+import ipaddress
 import json
 import os
 import re
@@ -44,6 +50,16 @@ HEALTH_CHECK = "/grpc.health.v1.Health/Check"
 DEFAULT_DRAIN_SECS = 10
 # Slack the grace period must leave after preStop + drain, for a slow node.
 MIN_SHUTDOWN_SLACK_SECS = 5
+# The metrics endpoint: the server's default SERVER_METRICS_LISTEN (loopback,
+# unreachable from outside the pod; crates/mtls-kit/src/metrics/mod.rs), the
+# port Prometheus scrapes, and the only namespace allowed to.
+DEFAULT_METRICS_LISTEN = "127.0.0.1:9464"
+METRICS_PORT = 9464
+METRICS_PATH = "/metrics"
+MONITORING_NAMESPACE = "monitoring"
+# Set by the API server on every namespace, from its name.
+NAMESPACE_NAME_LABEL = "kubernetes.io/metadata.name"
+GRPC_PORT = 50051
 
 
 @dataclass
@@ -470,6 +486,152 @@ def check_workload(docs: list[dict], report: Report) -> str | None:
     return next(iter(probe_secrets), None)
 
 
+def _server_pod(docs: list[dict]) -> tuple[dict, dict, dict] | None:
+    """(Deployment, pod template, server container), if there is one."""
+    deps = [d for d in docs if d.get("kind") == "Deployment"]
+    if len(deps) != 1:
+        return None  # check_workload reports it
+    template = (deps[0].get("spec") or {}).get("template") or {}
+    server = next((c for c in (template.get("spec") or {}).get("containers") or [] if c.get("name") == "server"), None)
+    return (deps[0], template, server) if server else None
+
+
+def _listen_address(value: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int] | None:
+    """host:port or [v6]:port, as the server parses it (a SocketAddr)."""
+    host, sep, port = value.strip().rpartition(":")
+    if not sep or not port.isdigit():
+        return None
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    elif ":" in host:
+        return None
+    try:
+        return ipaddress.ip_address(host), int(port)
+    except ValueError:
+        return None
+
+
+def _selects(selector: dict | None, labels: dict) -> bool:
+    """Whether a label selector (matchLabels, plus the common matchExpressions) selects labels."""
+    selector = selector or {}
+    if any(labels.get(k) != v for k, v in (selector.get("matchLabels") or {}).items()):
+        return False
+    for e in selector.get("matchExpressions") or []:
+        key, op, values = e.get("key"), e.get("operator"), e.get("values") or []
+        if (op == "In" and labels.get(key) not in values) or (op == "NotIn" and labels.get(key) in values) \
+                or (op == "Exists" and key not in labels) or (op == "DoesNotExist" and key in labels):
+            return False
+    return True
+
+
+def _only_monitoring(peer: dict) -> bool:
+    """Whether a NetworkPolicy peer admits pods of the monitoring namespace only."""
+    if "ipBlock" in peer or "namespaceSelector" not in peer:
+        return False  # an address range, or the policy's own namespace
+    sel = peer.get("namespaceSelector") or {}
+    if (sel.get("matchLabels") or {}).get(NAMESPACE_NAME_LABEL) == MONITORING_NAMESPACE:
+        return True
+    return any(e.get("key") == NAMESPACE_NAME_LABEL and e.get("operator") == "In"
+               and (e.get("values") or []) == [MONITORING_NAMESPACE]
+               for e in sel.get("matchExpressions") or [])
+
+
+def check_metrics(docs: list[dict], report: Report) -> None:
+    """The metrics endpoint is reachable by Prometheus in `monitoring`, and by nothing else."""
+    found = _server_pod(docs)
+    if found is None:
+        return
+    dep, template, server = found
+    where = f"{ref(dep)} container server"
+    pod_labels = (template.get("metadata") or {}).get("labels") or {}
+    ns = dep["metadata"].get("namespace")
+
+    # 1. The listener: not loopback (the default), not off.
+    env = {e["name"]: e.get("value") for e in server.get("env") or []}
+    listen = env.get("SERVER_METRICS_LISTEN")
+    if listen is None:
+        report.error(where, f"env SERVER_METRICS_LISTEN missing: the server's default {DEFAULT_METRICS_LISTEN} is loopback, which Prometheus cannot scrape")
+    else:
+        parsed = _listen_address(listen)
+        if parsed is None:
+            report.error(where, f"env SERVER_METRICS_LISTEN is {listen!r}, expected a non-loopback address such as 0.0.0.0:{METRICS_PORT} (\"off\" disables metrics)")
+        else:
+            ip, port = parsed
+            mapped = getattr(ip, "ipv4_mapped", None)
+            if ip.is_loopback or (mapped is not None and mapped.is_loopback):
+                report.error(where, f"env SERVER_METRICS_LISTEN is {listen!r}, a loopback address: Prometheus cannot scrape it from outside the pod")
+            if port != METRICS_PORT:
+                report.error(where, f"env SERVER_METRICS_LISTEN is {listen!r}, expected port {METRICS_PORT} (the containerPort, annotation and NetworkPolicy use it)")
+
+    # 2. The containerPort.
+    ports = server.get("ports") or []
+    named = {p.get("name"): p for p in ports if p.get("name")}
+    metrics = named.get("metrics")
+    if metrics is None or metrics.get("containerPort") != METRICS_PORT or metrics.get("protocol", "TCP") != "TCP":
+        report.error(where, f"no containerPort {METRICS_PORT} named 'metrics' (TCP): {[{k: p.get(k) for k in ('name', 'containerPort')} for p in ports]}")
+
+    # 3. Scrape discovery: the conventional prometheus.io/ pod annotations.
+    ann = (template.get("metadata") or {}).get("annotations") or {}
+    for key, want in (("prometheus.io/scrape", "true"), ("prometheus.io/port", str(METRICS_PORT)), ("prometheus.io/path", METRICS_PATH)):
+        if ann.get(key) != want:
+            report.error(ref(dep), f"pod annotation {key} is {ann.get(key)!r}, expected {want!r}")
+    # A Service port named metrics points at it.
+    for svc in (d for d in docs if d.get("kind") == "Service"):
+        for p in (svc.get("spec") or {}).get("ports") or []:
+            if p.get("name") == "metrics" and p.get("targetPort") not in ("metrics", METRICS_PORT):
+                report.error(ref(svc), f"port 'metrics' targets {p.get('targetPort')!r}, not the container's metrics port")
+
+    # 4. NetworkPolicy: the policies that select the server pods for ingress
+    # add up; any rule admitting the metrics port must admit the monitoring
+    # namespace only, and one must.
+    def number(port) -> int | None:
+        if isinstance(port, int):
+            return port
+        if isinstance(port, str) and port.isdigit():
+            return int(port)
+        return (named.get(port) or {}).get("containerPort")
+
+    def covers(rule: dict, want: int) -> bool:
+        rports = rule.get("ports") or []
+        if not rports:
+            return True  # every port
+        for p in rports:
+            if p.get("protocol", "TCP") != "TCP":
+                continue
+            if "port" not in p:
+                return True
+            lo = number(p["port"])
+            if lo is not None and lo <= want <= p.get("endPort", lo):
+                return True
+        return False
+
+    policies = [np for np in docs if np.get("kind") == "NetworkPolicy"
+                and (np.get("metadata") or {}).get("namespace") == ns
+                and _selects((np.get("spec") or {}).get("podSelector"), pod_labels)
+                and "Ingress" in ((np.get("spec") or {}).get("policyTypes") or ["Ingress"])]
+    if not policies:
+        report.error("NetworkPolicy", f"no NetworkPolicy selects the server pods for ingress: port {METRICS_PORT} is open to every pod")
+        return
+    admitted = grpc_admitted = False
+    for np in policies:
+        for i, rule in enumerate((np.get("spec") or {}).get("ingress") or []):
+            grpc_admitted |= covers(rule, GRPC_PORT)
+            if not covers(rule, METRICS_PORT):
+                continue
+            peers = rule.get("from") or []
+            if not peers:
+                report.error(ref(np), f"ingress rule {i} admits port {METRICS_PORT} from everywhere (no `from`)")
+            for peer in peers:
+                if not _only_monitoring(peer):
+                    report.error(ref(np), f"ingress rule {i} admits port {METRICS_PORT} from {peer}, not only from namespace {MONITORING_NAMESPACE!r} ({NAMESPACE_NAME_LABEL})")
+            if peers and all(_only_monitoring(p) for p in peers):
+                admitted = True
+    if not admitted:
+        report.error("NetworkPolicy", f"no ingress rule admits port {METRICS_PORT} from namespace {MONITORING_NAMESPACE!r} ({NAMESPACE_NAME_LABEL}: {MONITORING_NAMESPACE})")
+    if not grpc_admitted:
+        report.error("NetworkPolicy", f"no ingress rule admits the gRPC port {GRPC_PORT}")
+
+
 def check_rest(docs: list[dict], report: Report) -> None:
     services = [d for d in docs if d.get("kind") == "Service"]
     for s in services:
@@ -503,6 +665,7 @@ def validate(docs: list[dict], crd_dir: str, k8s_version: str) -> Report:
     crds = load_crd_schemas(crd_dir)
     validate_schemas(docs, crds, k8s_version, report)
     probe_secret = check_workload(docs, report)
+    check_metrics(docs, report)
     check_identities(docs, report, probe_secret)
     check_rest(docs, report)
     return report
@@ -531,7 +694,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  - {e}")
         return 1
     print(f"OK: {len(docs)} resources valid (Kubernetes {args.k8s_version} strict + cert-manager CRDs); "
-          f"SPIFFE IDs and policy agree; wiring, probes and shutdown timing checked")
+          f"SPIFFE IDs and policy agree; wiring, probes, shutdown timing and metrics exposure checked")
     return 0
 
 
