@@ -17,13 +17,15 @@ WORKDIR /src
 #    .proto rebuilds the workspace's own crates alone.
 COPY Cargo.toml Cargo.lock ./
 COPY crates/mtls-kit/Cargo.toml crates/mtls-kit/
-RUN mkdir -p src/bin crates/mtls-kit/src crates/mtls-kit/benches \
+COPY crates/loadbench/Cargo.toml crates/loadbench/
+RUN mkdir -p src/bin crates/mtls-kit/src crates/mtls-kit/benches crates/loadbench/src \
  && for d in . crates/mtls-kit; do echo 'fn main() {}' > "$d/build.rs"; touch "$d/src/lib.rs"; done \
+ && echo 'fn main() {}' > crates/loadbench/src/main.rs \
  && for b in server client certs; do echo 'fn main() {}' > "src/bin/$b.rs"; done \
  && awk '/^\[\[(bench|test)\]\]/ { dir = ($0 ~ /bench/) ? "benches" : "tests"; next } \
         dir && /^name *=/ { gsub(/"/, "", $3); print dir "/" $3 ".rs"; dir = "" }' crates/mtls-kit/Cargo.toml \
     | while read -r target; do mkdir -p "crates/mtls-kit/$(dirname "$target")"; echo 'fn main() {}' > "crates/mtls-kit/$target"; done \
- && cargo build --release --locked --bins \
+ && cargo build --release --locked --bin server --bin client --bin certs \
  && rm -rf src build.rs crates
 
 # 2. The real sources. Touch them so cargo sees them as newer than the stubs
@@ -33,7 +35,7 @@ COPY proto ./proto
 COPY src ./src
 COPY crates ./crates
 RUN find build.rs proto src crates -type f -exec touch {} + \
- && cargo build --release --locked --bins \
+ && cargo build --release --locked --bin server --bin client --bin certs \
  && mkdir -p /out \
  && cp target/release/server target/release/client target/release/certs /out/
 

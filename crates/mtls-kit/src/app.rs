@@ -19,6 +19,15 @@ pub async fn serve(
     identities: &DevIdentities,
     mut services: Services,
 ) -> anyhow::Result<()> {
+    match raise_nofile_limit() {
+        Ok(Some((from, to))) => tracing::info!(
+            from,
+            to,
+            "raised the open-file limit (RLIMIT_NOFILE) to its hard limit"
+        ),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit (RLIMIT_NOFILE)"),
+    }
     let served = services
         .served_methods()
         .map_err(|e| anyhow::anyhow!("reading the services' descriptor sets: {e}"))?;
@@ -42,6 +51,19 @@ pub async fn serve(
     Ok(())
 }
 
+/// Raises this process's soft limit on open files to the hard limit, so
+/// that one connection per descriptor does not stop at the common soft
+/// default of 1,024 (10,000 clients need 10,000 descriptors). Returns the
+/// old and new soft limits if it changed anything.
+pub fn raise_nofile_limit() -> std::io::Result<Option<(u64, u64)>> {
+    let (soft, hard) = rlimit::Resource::NOFILE.get()?;
+    if soft >= hard {
+        return Ok(None);
+    }
+    rlimit::Resource::NOFILE.set(hard, hard)?;
+    Ok(Some((soft, hard)))
+}
+
 /// Completes on SIGINT or SIGTERM (what `docker stop` and Kubernetes send).
 pub async fn shutdown_signal() {
     let ctrl_c = async {
@@ -63,5 +85,25 @@ pub async fn shutdown_signal() {
     tokio::select! {
         () = ctrl_c => tracing::info!("SIGINT received"),
         () = term => tracing::info!("SIGTERM received"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_open_file_limit_is_raised_to_the_hard_limit() {
+        // Lower the soft limit first, so there is something to raise.
+        let (_, hard) = rlimit::Resource::NOFILE.get().unwrap();
+        let low = 256.min(hard);
+        rlimit::Resource::NOFILE.set(low, hard).unwrap();
+        let changed = raise_nofile_limit().unwrap();
+        assert_eq!(rlimit::Resource::NOFILE.get().unwrap(), (hard, hard));
+        if hard > low {
+            assert_eq!(changed, Some((low, hard)));
+        }
+        // Already at the hard limit: nothing to do.
+        assert_eq!(raise_nofile_limit().unwrap(), None);
     }
 }

@@ -81,6 +81,13 @@ impl SpiffeId {
     pub fn path(&self) -> &str {
         &self.path
     }
+
+    /// Whether `uri` is this ID, written exactly as it parsed.
+    pub fn is(&self, uri: &str) -> bool {
+        uri.strip_prefix("spiffe://")
+            .and_then(|rest| rest.strip_prefix(self.trust_domain.as_str()))
+            .is_some_and(|path| path == self.path)
+    }
 }
 
 impl fmt::Display for SpiffeId {
@@ -187,10 +194,12 @@ impl PeerIdentity {
     /// The single most specific name, for logs: the SPIFFE ID, else the first
     /// URI SAN, else the first DNS SAN, else the Subject.
     pub fn display_name(&self) -> &str {
+        // Called for every RPC's span: compare with the ID parsed at
+        // handshake time instead of parsing every URI SAN again.
         let spiffe = self
             .spiffe_id
             .as_ref()
-            .and_then(|_| self.uri_sans.iter().find(|u| SpiffeId::parse(u).is_some()));
+            .and_then(|id| self.uri_sans.iter().find(|u| id.is(u)));
         spiffe
             .or(self.uri_sans.first())
             .or(self.dns_sans.first())

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use http::HeaderValue;
+use http::{HeaderName, HeaderValue};
 use tonic::metadata::MetadataMap;
 use tower::{Layer, Service};
 
@@ -93,26 +93,48 @@ pub struct ReplicaHeader<S> {
 impl<S, ReqBody, ResBody> Service<http::Request<ReqBody>> for ReplicaHeader<S>
 where
     S: Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
-    S::Future: Send + 'static,
 {
     type Response = http::Response<ResBody>;
     type Error = S::Error;
-    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, S::Error>> + Send>>;
+    type Future = WithReplica<S::Future>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
-        let call = self.inner.call(req);
-        let value = self.value.clone();
-        Box::pin(async move {
-            let mut response = call.await?;
-            if let Some(value) = value {
-                response.headers_mut().insert(HEADER, value);
-            }
-            Ok(response)
-        })
+        WithReplica {
+            inner: self.inner.call(req),
+            value: self.value.clone(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`ReplicaHeader`]: no allocation per RPC, and
+    /// the header name is a constant rather than parsed from text each time.
+    pub struct WithReplica<F> {
+        #[pin]
+        inner: F,
+        value: Option<HeaderValue>,
+    }
+}
+
+impl<F, ResBody, E> Future for WithReplica<F>
+where
+    F: Future<Output = Result<http::Response<ResBody>, E>>,
+{
+    type Output = F::Output;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let mut response = std::task::ready!(this.inner.poll(cx))?;
+        if let Some(value) = this.value.take() {
+            response
+                .headers_mut()
+                .insert(HeaderName::from_static(HEADER), value);
+        }
+        Poll::Ready(Ok(response))
     }
 }
 

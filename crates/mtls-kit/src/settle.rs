@@ -91,7 +91,7 @@ where
             // `grpc-status` among the headers: a trailers-only answer, the
             // whole RPC is over. An unread body comes back only if the inner
             // service dropped it before its end.
-            if response.headers().contains_key("grpc-status") {
+            if response.headers().contains_key(GRPC_STATUS) {
                 if let Ok(body) = unread.try_recv() {
                     drain(body, limits).await;
                 }
@@ -100,6 +100,9 @@ where
         })
     }
 }
+
+/// A constant, so that the check per RPC does not parse the name from text.
+const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
 
 /// Reads `body` to its end within the limits. Returns whether it ended.
 async fn drain(mut body: Body, limits: SettleLayer) -> bool {

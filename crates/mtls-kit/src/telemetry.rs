@@ -31,10 +31,33 @@ pub fn init(format: LogFormat) {
         LogFormat::Human => fmt.boxed(),
         LogFormat::Json => fmt.json().flatten_event(true).boxed(),
     };
-    let registry = tracing_subscriber::registry().with(filter).with(fmt);
+    // Filters per layer, not one global filter: the per-RPC span is at
+    // DEBUG, so with the default `info` nothing subscribes to it and it
+    // costs nothing (formatting its fields for the log layer was most of
+    // the span's cost per RPC), while the OpenTelemetry layer, when on,
+    // still receives it.
+    let registry = tracing_subscriber::registry().with(fmt.with_filter(filter));
     #[cfg(feature = "otel")]
-    let registry = registry.with(crate::tracing_otel::layer_from_env());
+    let registry = registry
+        .with(crate::tracing_otel::layer_from_env().map(|otel| otel.with_filter(otel_filter())));
     let _ = registry.try_init();
+}
+
+/// What the OpenTelemetry layer exports: what `RUST_LOG` enables, and
+/// always the per-RPC span (`grpc.request`, at DEBUG).
+#[cfg(feature = "otel")]
+fn otel_filter() -> EnvFilter {
+    let base = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
+    EnvFilter::try_new(format!(
+        "{base},{}[grpc.request]=debug",
+        crate::metrics::rpc::SPAN_TARGET
+    ))
+    .unwrap_or_else(|_| {
+        EnvFilter::new(format!(
+            "info,{}[grpc.request]=debug",
+            crate::metrics::rpc::SPAN_TARGET
+        ))
+    })
 }
 
 /// Flushes what telemetry buffers (exported spans). Call before exit.
