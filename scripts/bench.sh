@@ -12,6 +12,10 @@
 # ratios as Markdown. Extra arguments go to `loadbench suite`; its raw
 # rounds land in target/loadbench/logs/results.json.
 #
+# BENCH_PROFILE=debug builds and runs unoptimised binaries instead: only for
+# checking that the suite runs (CI does, with one short round), never for
+# figures.
+#
 # On a machine with a single CPU nothing is pinned (the ratios are then
 # noisier); with more than two, the servers still get one CPU, as in the
 # table's measurements.
@@ -19,7 +23,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 log() { echo "[bench] $*" >&2; }
 
-cargo build --release --locked --bin server --bin loadbench
+profile=${BENCH_PROFILE:-release}
+case $profile in
+    release) cargo build --release --locked --bin server --bin loadbench ;;
+    debug) cargo build --locked --bin server --bin loadbench ;;
+    *) log "BENCH_PROFILE must be release or debug, not '$profile'"; exit 2 ;;
+esac
+bin=target/$profile
 
 cpp_args=()
 cpp_src=${GRPC_CPP_PEER_SRC:-../shared/grpc-cpp-peer}
@@ -50,5 +60,5 @@ if [ "$(nproc)" -lt 2 ]; then
     server_cpus=none
 fi
 log "$(date -u +%FT%TZ) on $(nproc) CPUs: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | xargs)"
-exec target/release/loadbench "${pin[@]}" suite --server-cpus "$server_cpus" \
-    --server target/release/server "${cpp_args[@]}" "$@"
+exec "$bin/loadbench" "${pin[@]}" suite --server-cpus "$server_cpus" \
+    --server "$bin/server" "${cpp_args[@]}" "$@"

@@ -36,6 +36,8 @@ pub struct Bench {
     pub logs: PathBuf,
     /// `taskset -c` list for the servers; `None` runs them unpinned.
     pub server_cpus: Option<String>,
+    /// Rules in the large policy (`pki::rules_file(big_policy_rules)`).
+    pub big_policy_rules: usize,
 }
 
 /// The rounds of one comparison.

@@ -81,6 +81,9 @@ enum Cmd {
     Pki {
         #[arg(long)]
         dir: PathBuf,
+        /// Rules in the large policy.
+        #[arg(long, default_value_t = pki::BIG_POLICY_RULES)]
+        big_policy_rules: usize,
     },
     /// Baseline: plain tonic with a trivial health handler (mutual TLS with
     /// `--pki`, plaintext without).
@@ -107,6 +110,10 @@ struct BenchArgs {
     /// CPUs for the servers (`taskset -c`); "none" leaves them unpinned.
     #[arg(long, default_value = "0")]
     server_cpus: String,
+    /// Rules in the large policy of the `policy` row (the table's figure is
+    /// for 100,000; fewer only to make an unoptimised build start quickly).
+    #[arg(long, default_value_t = pki::BIG_POLICY_RULES)]
+    big_policy_rules: usize,
 }
 
 impl BenchArgs {
@@ -114,11 +121,12 @@ impl BenchArgs {
         let pki = self.work_dir.join("pki");
         let logs = self.work_dir.join("logs");
         std::fs::create_dir_all(&logs).with_context(|| format!("creating {}", logs.display()))?;
-        pki::write(&pki)?;
+        pki::write(&pki, self.big_policy_rules)?;
         Ok(ab::Bench {
             pki: std::path::absolute(&pki)?,
             logs,
             server_cpus: (self.server_cpus != "none").then(|| self.server_cpus.clone()),
+            big_policy_rules: self.big_policy_rules,
         })
     }
 }
@@ -216,7 +224,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     .with_context(|| format!("writing {}", out.display()))?;
             }
         }
-        Cmd::Pki { dir } => pki::write(&dir)?,
+        Cmd::Pki {
+            dir,
+            big_policy_rules,
+        } => pki::write(&dir, big_policy_rules)?,
         Cmd::ServeTonic { listen, pki } => server_rt()?.block_on(async {
             let listener = baseline::bind(listen).await?;
             baseline::serve_tonic(listener, pki.as_deref(), mtls_kit::app::shutdown_signal()).await

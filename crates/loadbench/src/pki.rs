@@ -1,6 +1,7 @@
 //! The benchmark's credentials and policies, written once per run into a
 //! scratch directory: a dev CA, a server certificate for `localhost`, one
-//! client identity (`loadgen`), and A43 policies of 10 and 100,000 rules.
+//! client identity (`loadgen`), and A43 policies of 10 and (by default)
+//! 100,000 rules.
 
 use std::fs;
 use std::path::Path;
@@ -25,8 +26,12 @@ pub fn rules_file(rules: usize) -> String {
 /// The method every benchmark calls.
 pub const METHOD: &str = "/grpc.health.v1.Health/Check";
 
-/// Writes the PKI and the policies into `dir`.
-pub fn write(dir: &Path) -> anyhow::Result<()> {
+/// The large policy's rule count unless `--big-policy-rules` says otherwise.
+pub const BIG_POLICY_RULES: usize = 100_000;
+
+/// Writes the PKI and the policies (10 rules, and `big_rules`) into `dir`.
+pub fn write(dir: &Path, big_rules: usize) -> anyhow::Result<()> {
+    anyhow::ensure!(big_rules >= 1, "--big-policy-rules must be at least 1");
     let paths = DevPkiPaths::new(dir);
     write_dev_pki(
         &paths,
@@ -42,7 +47,7 @@ pub fn write(dir: &Path) -> anyhow::Result<()> {
         "allow_rules": [{ "name": "all" }],
     });
     write_json(&dir.join(ALLOW_ALL), &allow_all)?;
-    for rules in [10, 100_000] {
+    for rules in [10, big_rules] {
         write_json(&dir.join(rules_file(rules)), &policy_of(rules))?;
     }
     Ok(())
@@ -84,8 +89,8 @@ mod tests {
     #[test]
     fn the_pki_and_every_policy_are_written_and_the_policies_parse() {
         let dir = tempfile::tempdir().unwrap();
-        write(dir.path()).unwrap();
-        for file in [ALLOW_ALL.to_owned(), rules_file(10)] {
+        write(dir.path(), 20).unwrap();
+        for file in [ALLOW_ALL.to_owned(), rules_file(10), rules_file(20)] {
             let text = fs::read_to_string(dir.path().join(&file)).unwrap();
             Policy::from_json(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
         }

@@ -39,7 +39,7 @@ pub struct SuiteArgs {
 /// One comparison, and how to judge it.
 struct Row {
     name: &'static str,
-    what: &'static str,
+    what: String,
     a: Side,
     b: Side,
     spec: LoadSpec,
@@ -87,6 +87,7 @@ fn spec(mode: Mode, conns: usize, in_flight: usize, secs: f64) -> LoadSpec {
 
 pub async fn run(args: &SuiteArgs, bench: &Bench, me: &Path) -> anyhow::Result<String> {
     let d = bench.pki.display();
+    let big = bench.big_policy_rules;
     let server = args.server.display();
     let ours_with = |policy: &str, extra: &str| {
         format!(
@@ -125,7 +126,7 @@ pub async fn run(args: &SuiteArgs, bench: &Bench, me: &Path) -> anyhow::Result<S
     let mut rows = vec![
         Row {
             name: "cpu",
-            what: "server CPU per RPC, closed loop 4 conns x 64 in flight: ours (mTLS, identity, A43 allow-all, metrics) vs plain tonic plaintext",
+            what: "server CPU per RPC, closed loop 4 conns x 64 in flight: ours (mTLS, identity, A43 allow-all, metrics) vs plain tonic plaintext".into(),
             a: ours.clone(),
             b: tonic_plain.clone(),
             spec: steady.clone(),
@@ -134,7 +135,7 @@ pub async fn run(args: &SuiteArgs, bench: &Bench, me: &Path) -> anyhow::Result<S
         },
         Row {
             name: "tonic-tls",
-            what: "reference: plain tonic mTLS vs plain tonic plaintext, same load",
+            what: "reference: plain tonic mTLS vs plain tonic plaintext, same load".into(),
             a: tonic_mtls.clone(),
             b: tonic_plain.clone(),
             spec: steady.clone(),
@@ -145,7 +146,7 @@ pub async fn run(args: &SuiteArgs, bench: &Bench, me: &Path) -> anyhow::Result<S
     if let Some(cpp) = &args.cpp_peer {
         rows.push(Row {
             name: "cpp",
-            what: "vs gRPC C++ 1.51 (mTLS, allow-all A43 policy through gRPC's own provider), closed loop 4 x 64",
+            what: "vs gRPC C++ 1.51 (mTLS, allow-all A43 policy through gRPC's own provider), closed loop 4 x 64".into(),
             a: ours.clone(),
             b: side(
                 "grpc-cpp",
@@ -167,7 +168,7 @@ pub async fn run(args: &SuiteArgs, bench: &Bench, me: &Path) -> anyhow::Result<S
     let connect = spec(Mode::Connect, 1, 8, args.secs);
     rows.push(Row {
         name: "connect",
-        what: "new connection + one RPC (8 workers) vs bare rustls mutual-auth handshakes (8 workers); capacity = 1 / server CPU per operation",
+        what: "new connection + one RPC (8 workers) vs bare rustls mutual-auth handshakes (8 workers); capacity = 1 / server CPU per operation".into(),
         a: ours.clone(),
         b: Side {
             spec: Some(connect.clone()),
@@ -183,10 +184,12 @@ pub async fn run(args: &SuiteArgs, bench: &Bench, me: &Path) -> anyhow::Result<S
     });
     rows.push(Row {
         name: "policy",
-        what: "100,000-rule policy vs 10-rule policy (matching rule last), closed loop 4 x 64",
+        what: format!(
+            "{big}-rule policy vs 10-rule policy (matching rule last), closed loop 4 x 64"
+        ),
         a: side(
-            "100k-rules",
-            ours_with(&pki::rules_file(100_000), "--metrics-listen 127.0.0.1:0"),
+            &format!("{big}-rules"),
+            ours_with(&pki::rules_file(big), "--metrics-listen 127.0.0.1:0"),
             Kind::Tls,
         ),
         b: side(
@@ -200,7 +203,10 @@ pub async fn run(args: &SuiteArgs, bench: &Bench, me: &Path) -> anyhow::Result<S
     });
     rows.push(Row {
         name: "idle",
-        what: "server memory per idle authenticated connection (one call, then idle), 10,000 connections",
+        what: format!(
+            "server memory per idle authenticated connection (one call, then idle), {} connections",
+            args.idle_conns
+        ),
         a: ours.clone(),
         b: tonic_mtls.clone(),
         spec: LoadSpec {
@@ -212,7 +218,7 @@ pub async fn run(args: &SuiteArgs, bench: &Bench, me: &Path) -> anyhow::Result<S
     });
     rows.push(Row {
         name: "overload",
-        what: "1,000 RPCs in flight over 8 connections: tail spread p99/p50 of each side",
+        what: "1,000 RPCs in flight over 8 connections: tail spread p99/p50 of each side (goal: ours <= 5, no failed calls)".into(),
         a: ours.clone(),
         b: tonic_mtls.clone(),
         spec: spec(Mode::Closed, 8, 125, args.secs),
@@ -221,7 +227,7 @@ pub async fn run(args: &SuiteArgs, bench: &Bench, me: &Path) -> anyhow::Result<S
     });
     rows.push(Row {
         name: "metrics",
-        what: "metrics on (default) vs --metrics-listen off, closed loop 4 x 64",
+        what: "metrics on (default) vs --metrics-listen off, closed loop 4 x 64".into(),
         a: ours.clone(),
         b: side(
             "metrics-off",

@@ -95,6 +95,12 @@ pub struct Locator<'t> {
     children: HashMap<usize, Children<'t>>,
     /// Byte offsets where lines start.
     line_starts: Vec<usize>,
+    /// The last position found, as (byte offset, column): columns count
+    /// characters, and a policy written on one line (as tools write JSON)
+    /// would otherwise be re-counted from its start for every problem,
+    /// quadratic in its size. Problems come in file order, so counting on
+    /// from the last one is linear.
+    last: (usize, usize),
 }
 
 enum Children<'t> {
@@ -113,6 +119,7 @@ impl<'t> Locator<'t> {
             root: serde_json::from_str(text).ok(),
             children: HashMap::new(),
             line_starts,
+            last: (0, 1),
         }
     }
 
@@ -141,7 +148,8 @@ impl<'t> Locator<'t> {
                 None => break,
             }
         }
-        Some(self.position_of(self.offset(raw)))
+        let offset = self.offset(raw);
+        Some(self.position_of(offset))
     }
 
     /// The byte offset of `raw`, a slice of the text, in the text.
@@ -149,17 +157,19 @@ impl<'t> Locator<'t> {
         (raw.get().as_ptr() as usize).saturating_sub(self.text.as_ptr() as usize)
     }
 
-    fn position_of(&self, offset: usize) -> Position {
+    fn position_of(&mut self, offset: usize) -> Position {
         let line = self.line_starts.partition_point(|&start| start <= offset);
         let start = self.line_starts[line.saturating_sub(1)];
-        let column = self
-            .text
-            .get(start..offset)
-            .map_or(0, |s| s.chars().count());
-        Position {
-            line,
-            column: column + 1,
-        }
+        let (last_offset, last_column) = self.last;
+        // Count on from the last position when it is earlier on this line.
+        let (from, column) = if (start..=offset).contains(&last_offset) {
+            (last_offset, last_column)
+        } else {
+            (start, 1)
+        };
+        let column = column + self.text.get(from..offset).map_or(0, |s| s.chars().count());
+        self.last = (offset, column);
+        Position { line, column }
     }
 }
 
@@ -191,5 +201,34 @@ mod tests {
         // A missing field points at the object that should hold it.
         assert_eq!(at(&a.index(1).key("c")), Position { line: 3, column: 5 });
         assert_eq!(locate("{", &a), None);
+    }
+
+    #[test]
+    fn one_locator_finds_the_same_positions_in_any_order() {
+        // One line, multi-byte characters: columns count characters, and
+        // counting on from an earlier position must agree with counting
+        // from the line's start.
+        let text = r#"{"é": ["ü", "x", {"k": "ß"}], "z": 1}"#;
+        let paths = [
+            FieldPath::root().key("é").index(0),
+            FieldPath::root().key("é").index(1),
+            FieldPath::root().key("é").index(2).key("k"),
+            FieldPath::root().key("z"),
+        ];
+        let alone: Vec<_> = paths.iter().map(|p| locate(text, p).unwrap()).collect();
+        assert_eq!(alone[0], Position { line: 1, column: 8 });
+        assert_eq!(
+            alone[3],
+            Position {
+                line: 1,
+                column: 36
+            }
+        );
+        let mut locator = Locator::new(text);
+        for order in [[0, 1, 2, 3], [3, 2, 1, 0], [1, 3, 0, 2]] {
+            for i in order {
+                assert_eq!(locator.locate(&paths[i]), Some(alone[i]), "{}", paths[i]);
+            }
+        }
     }
 }
