@@ -411,7 +411,7 @@ mod tests {
 
     async fn start(kind: Kind) -> Fixture {
         let pki = tempfile::tempdir().unwrap();
-        crate::pki::write(pki.path()).unwrap();
+        crate::pki::write(pki.path(), 10).unwrap();
         let listener = baseline::bind("127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
@@ -488,7 +488,7 @@ mod tests {
         // The server trusts another CA: every handshake fails.
         let f = start(Kind::Tls).await;
         let other = tempfile::tempdir().unwrap();
-        crate::pki::write(other.path()).unwrap();
+        crate::pki::write(other.path(), 10).unwrap();
         let connector = Connector::new(Kind::Tls, f.addr, other.path()).unwrap();
         let r = run(&spec(Mode::Connect), &connector, None).await.unwrap();
         assert_eq!(r.ok(), 0);
