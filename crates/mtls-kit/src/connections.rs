@@ -10,22 +10,37 @@
 //! (tonic 0.14's own `max_connection_age`, when a grace period is set, does
 //! not send GOAWAY at all: it sleeps for the age plus the grace and then
 //! drops the connection with whatever was in flight.)
+//!
+//! Each connection is served by hyper's HTTP/2 server directly, in one task
+//! that holds little more than hyper's connection. Running a tonic `Server`
+//! per connection instead (to give each its own shutdown signal) kept a
+//! second task of about 17 KiB per connection alive: over half again the
+//! memory of an idle connection (BENCHMARKS.md, "idle"). What tonic's
+//! server adds around the routes and the kit needs is done here: the
+//! connection's [`PeerInfo`] in every request, the request body as tonic's
+//! `Body`, and the client's deadline ([`crate::deadline`]).
 
 use std::collections::hash_map::RandomState;
 use std::hash::{BuildHasher, Hasher};
 use std::time::Duration;
 
+use hyper::body::Incoming;
+use hyper::server::conn::http2;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
 use tokio::sync::watch;
-use tokio_stream::StreamExt;
+use tonic::body::Body;
 use tonic::service::Routes;
-use tonic::transport::Server;
-use tower::layer::util::{Identity, Stack};
+use tonic::transport::server::Connected;
+use tower::ServiceExt;
 
-use crate::authz::AuthzLayer;
-use crate::conn::PeerStream;
-use crate::metrics::rpc::RpcLayer;
-use crate::replica::ReplicaLayer;
-use crate::settle::SettleLayer;
+use crate::authz::{Authz, AuthzLayer};
+use crate::conn::{PeerInfo, PeerStream};
+use crate::deadline::{Deadline, DeadlineLayer};
+use crate::metrics::rpc::{Rpc, RpcLayer};
+use crate::replica::{ReplicaHeader, ReplicaLayer};
+use crate::server::Limits;
+use crate::settle::{Settle, SettleLayer};
 
 /// `age` moved by up to `fraction` of itself either way, uniformly.
 /// `fraction` is clamped to `0..=1`.
@@ -51,9 +66,48 @@ fn random_unit() -> f64 {
     (bits >> 11) as f64 / (1u64 << 53) as f64
 }
 
-/// The layers every RPC passes: [`SettleLayer`] outside [`AuthzLayer`].
-pub type Layers =
-    Stack<AuthzLayer, Stack<ReplicaLayer, Stack<SettleLayer, Stack<RpcLayer, Identity>>>>;
+/// What every RPC passes through, outermost first: metrics and span,
+/// early-answer settling, the replica header, authorization, the deadline,
+/// then the routes.
+pub type Stack = Rpc<Settle<ReplicaHeader<Authz<Deadline<Routes>>>>>;
+
+/// The layers of [`Stack`], as the server configures them.
+pub struct Layers {
+    pub rpc: RpcLayer,
+    pub settle: SettleLayer,
+    pub replica: ReplicaLayer,
+    pub authz: AuthzLayer,
+}
+
+/// What every connection shares: the HTTP/2 settings and the service.
+#[derive(Clone)]
+pub struct Shared {
+    http2: http2::Builder<TokioExecutor>,
+    service: Stack,
+}
+
+impl Shared {
+    /// HTTP/2 settings from `limits` (tonic's defaults for the rest), and
+    /// `routes` inside `layers`.
+    pub fn new(limits: &Limits, layers: Layers, routes: Routes) -> Self {
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(limits.max_concurrent_streams)
+            .max_local_error_reset_streams(Some(limits.max_local_error_reset_streams))
+            .max_header_list_size(limits.max_header_list_size)
+            .keep_alive_interval(Some(limits.keepalive_interval))
+            .keep_alive_timeout(limits.keepalive_timeout);
+        let service = tower::ServiceBuilder::new()
+            .layer(layers.rpc)
+            .layer(layers.settle)
+            .layer(layers.replica)
+            .layer(layers.authz)
+            .layer(DeadlineLayer)
+            .service(routes);
+        Self { http2, service }
+    }
+}
 
 /// How long a connection lives.
 #[derive(Clone, Copy, Debug)]
@@ -64,35 +118,40 @@ pub struct Lifetime {
     pub grace: Duration,
 }
 
-/// Serves `stream` with `server`'s settings until the connection ends, its
-/// `lifetime.age` is reached, or `stop` turns true; then closes it
-/// gracefully, like tonic's own shutdown (GOAWAY, in-flight RPCs finish),
-/// but in any case by the end of the grace period after its age.
+/// Serves `stream` until the connection ends, its `lifetime.age` is
+/// reached, or `stop` turns true; then closes it gracefully, like tonic's
+/// own shutdown (GOAWAY, in-flight RPCs finish), but in any case by the end
+/// of the grace period after its age.
 pub async fn serve(
-    server: &Server<Layers>,
-    routes: Routes,
+    shared: &Shared,
     lifetime: Lifetime,
     mut stream: PeerStream,
     mut stop: watch::Receiver<bool>,
-) -> Result<(), tonic::transport::Error> {
+) -> Result<(), hyper::Error> {
     let closed = stream.closed();
     let aged = tokio::time::Instant::now() + lifetime.age;
     stream.close_by(aged + lifetime.grace);
-    let router = server.clone().add_routes(routes);
-    // tonic's serve loop ends with its incoming stream, and a graceful
-    // server then shuts its connections down at once: so the stream stays
-    // open after its one connection, and the loop ends when the connection
-    // does (or on `stop`).
-    let incoming =
-        tokio_stream::once(Ok::<_, std::io::Error>(stream)).chain(tokio_stream::pending());
-    let signal = async move {
-        tokio::select! {
-            _ = closed => {}
-            _ = stop.wait_for(|stop| *stop) => {}
-            () = tokio::time::sleep_until(aged) => {}
-        }
-    };
-    router.serve_with_incoming_shutdown(incoming, signal).await
+    let info: PeerInfo = stream.connect_info();
+    let service = shared
+        .service
+        .clone()
+        .map_request(move |req: http::Request<Incoming>| {
+            let mut req = req.map(Body::new);
+            req.extensions_mut().insert(info.clone());
+            req
+        });
+    let conn = shared
+        .http2
+        .serve_connection(TokioIo::new(stream), TowerToHyperService::new(service));
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => return result,
+        _ = closed => {}
+        _ = stop.wait_for(|stop| *stop) => {}
+        () = tokio::time::sleep_until(aged) => {}
+    }
+    conn.as_mut().graceful_shutdown();
+    conn.await
 }
 
 #[cfg(test)]

@@ -56,6 +56,7 @@ pub mod client;
 pub mod config;
 pub mod conn;
 pub mod connections;
+pub mod deadline;
 pub mod identity;
 pub mod metrics;
 pub mod pki;

@@ -277,29 +277,23 @@ pub async fn run(
         .add_service(reflection().build_v1()?)
         .add_service(reflection().build_v1alpha()?);
 
-    // The settings every connection shares; each gets its own max age.
-    let server = tonic::transport::Server::builder()
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        .http2_max_local_error_reset_streams(Some(limits.max_local_error_reset_streams))
-        .http2_max_header_list_size(limits.max_header_list_size)
-        .http2_keepalive_interval(Some(limits.keepalive_interval))
-        .http2_keepalive_timeout(Some(limits.keepalive_timeout))
-        // Outermost, so that it sees every RPC's final status, denials and
-        // the router's UNIMPLEMENTED too.
-        .layer(RpcLayer::new(
-            metrics.clone(),
-            known_methods(&descriptor_sets),
-        ))
-        // Outside authorization, so that it also covers the router's
-        // UNIMPLEMENTED.
-        .layer(SettleLayer::new(
-            limits.early_answer_body_bytes,
-            limits.early_answer_wait,
-        ))
-        // Outside authorization, so denials name the replica too.
-        .layer(replica)
-        .layer(AuthzLayer::new(parts.policy.clone()).dry_run(parts.dry_run));
-    let routes = routes.routes().prepare();
+    // The settings and service every connection shares; each connection
+    // gets its own max age.
+    let shared = connections::Shared::new(
+        &limits,
+        connections::Layers {
+            // Outermost, so that it sees every RPC's final status, denials
+            // and the router's UNIMPLEMENTED too.
+            rpc: RpcLayer::new(metrics.clone(), known_methods(&descriptor_sets)),
+            // Outside authorization, so that it also covers the router's
+            // UNIMPLEMENTED.
+            settle: SettleLayer::new(limits.early_answer_body_bytes, limits.early_answer_wait),
+            // Outside authorization, so denials name the replica too.
+            replica,
+            authz: AuthzLayer::new(parts.policy.clone()).dry_run(parts.dry_run),
+        },
+        routes.routes().prepare(),
+    );
 
     let (incoming, accept_task) = accept_loop(
         listener,
@@ -327,9 +321,9 @@ pub async fn run(
                     age: connections::jittered(limits.max_connection_age, limits.max_connection_age_jitter),
                     grace: limits.max_connection_age_grace,
                 };
-                let (server, routes, stop) = (server.clone(), routes.clone(), stop_rx.clone());
+                let (shared, stop) = (shared.clone(), stop_rx.clone());
                 connections.spawn(async move {
-                    connections::serve(&server, routes, lifetime, stream, stop).await
+                    connections::serve(&shared, lifetime, stream, stop).await
                 });
             }
             Some(done) = connections.join_next(), if !connections.is_empty() => {

@@ -44,6 +44,7 @@ use tower::util::BoxService;
 use tower::Service;
 
 use super::resolve::Resolve;
+use crate::deadline::grpc_timeout;
 
 mod discovery;
 mod replica;
@@ -282,23 +283,6 @@ impl Service<Request> for BalancedChannel {
     }
 }
 
-/// The `grpc-timeout` header (`<digits><unit>`), as tonic writes it from
-/// `Request::set_timeout`.
-fn grpc_timeout(headers: &http::HeaderMap) -> Option<Duration> {
-    let value = headers.get("grpc-timeout")?.to_str().ok()?;
-    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
-    let n: u64 = digits.parse().ok()?;
-    Some(match unit {
-        "H" => Duration::from_secs(n.saturating_mul(3600)),
-        "M" => Duration::from_secs(n.saturating_mul(60)),
-        "S" => Duration::from_secs(n),
-        "m" => Duration::from_millis(n),
-        "u" => Duration::from_micros(n),
-        "n" => Duration::from_nanos(n),
-        _ => return None,
-    })
-}
-
 struct AbortOnDrop(tokio::task::JoinHandle<()>);
 
 impl Drop for AbortOnDrop {
@@ -319,30 +303,6 @@ impl futures_util::Stream for Changes {
         match self.0.poll_recv(cx) {
             Poll::Ready(Some(change)) => Poll::Ready(Some(Ok(change))),
             Poll::Ready(None) | Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn grpc_timeout_units() {
-        let mut h = http::HeaderMap::new();
-        assert_eq!(grpc_timeout(&h), None);
-        for (v, d) in [
-            ("10S", Duration::from_secs(10)),
-            ("250m", Duration::from_millis(250)),
-            ("2M", Duration::from_secs(120)),
-            ("7u", Duration::from_micros(7)),
-        ] {
-            h.insert("grpc-timeout", http::HeaderValue::from_static(v));
-            assert_eq!(grpc_timeout(&h), Some(d), "{v}");
-        }
-        for bad in ["", "S", "10x", "-1S"] {
-            h.insert("grpc-timeout", http::HeaderValue::from_static(bad));
-            assert_eq!(grpc_timeout(&h), None, "{bad:?}");
         }
     }
 }
