@@ -8,6 +8,7 @@ mod store;
 mod authorization;
 mod balance;
 mod connection_age;
+mod deadline;
 mod decisions;
 mod early_answers;
 mod health_reflection;
