@@ -97,7 +97,28 @@ pub(crate) struct RpcMetrics {
     handled: Family<HandledLabels, Counter>,
     handling: Family<MethodLabels, Histogram, fn() -> Histogram>,
     decisions: Family<DecisionLabels, Counter>,
+    decision_cache: DecisionCache,
 }
+
+/// The decision counters already looked up, so that an RPC neither builds
+/// (allocates) nor hashes a label set to find its counter. Keyed by where
+/// the policy's and the rule's names are in memory, which is stable while a
+/// policy is in force; an entry counts only if its names still equal the
+/// decision's, since a reloaded policy may reuse an address.
+#[derive(Default)]
+struct DecisionCache(std::sync::RwLock<HashMap<DecisionKey, (DecisionLabels, Counter)>>);
+
+#[derive(Clone, Copy, Hash, PartialEq, Eq)]
+struct DecisionKey {
+    policy: usize,
+    rule: usize,
+    rule_len: usize,
+    decision: &'static str,
+}
+
+/// Entries before the cache starts afresh: enough for the rules that decide
+/// most RPCs, bounded for policies of many rules.
+const DECISION_CACHE_MAX: usize = 1024;
 
 impl RpcMetrics {
     pub(crate) fn register(registry: &mut Registry) -> Self {
@@ -106,6 +127,7 @@ impl RpcMetrics {
             handled: Family::default(),
             handling: Family::new_with_constructor(histogram as fn() -> Histogram),
             decisions: Family::default(),
+            decision_cache: DecisionCache::default(),
         };
         registry.register(
             "grpc_server_started",
@@ -128,6 +150,37 @@ impl RpcMetrics {
             m.decisions.clone(),
         );
         m
+    }
+
+    /// Counts one decision of `policy` by `rule` ("" when none matched).
+    fn count_decision(&self, policy: &str, decision: &'static str, rule: &str) {
+        let key = DecisionKey {
+            policy: policy.as_ptr() as usize,
+            rule: rule.as_ptr() as usize,
+            rule_len: rule.len(),
+            decision,
+        };
+        if let Ok(cache) = self.decision_cache.0.read() {
+            if let Some((labels, counter)) = cache.get(&key) {
+                if labels.policy == policy && labels.rule == rule {
+                    counter.inc();
+                    return;
+                }
+            }
+        }
+        let labels = DecisionLabels {
+            policy: policy.to_owned(),
+            decision,
+            rule: rule.to_owned(),
+        };
+        let counter = self.decisions.get_or_create(&labels).clone();
+        counter.inc();
+        if let Ok(mut cache) = self.decision_cache.0.write() {
+            if cache.len() >= DECISION_CACHE_MAX {
+                cache.clear();
+            }
+            cache.insert(key, (labels, counter));
+        }
     }
 }
 
@@ -326,13 +379,7 @@ pub fn decided(
     obs.span.record("decision", outcome);
     obs.span.record("rule", rule);
     if let Some(m) = obs.metrics.rpc() {
-        m.decisions
-            .get_or_create(&DecisionLabels {
-                policy: policy.name().to_owned(),
-                decision: outcome,
-                rule: rule.to_owned(),
-            })
-            .inc();
+        m.count_decision(policy.name(), outcome, rule);
     }
 }
 
@@ -526,5 +573,66 @@ impl Drop for ObservedBody {
         if let Some(finish) = self.finish.take() {
             finish.done(tonic::Code::Cancelled);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::metrics::Metrics;
+
+    /// The counter lines of `mtls_authz_decisions` in an exposition.
+    fn decisions(m: &Metrics) -> Vec<String> {
+        let mut lines: Vec<String> = m
+            .encode_text()
+            .lines()
+            .filter(|l| l.starts_with("mtls_authz_decisions_total{"))
+            .map(str::to_owned)
+            .collect();
+        lines.sort();
+        lines
+    }
+
+    #[test]
+    fn cached_decision_counters_follow_the_names_not_the_addresses() {
+        let m = Metrics::new();
+        let rpc = m.rpc().unwrap();
+        let policy = String::from("p1");
+        // The same rule name at the same address, then changed in place (as
+        // a reloaded policy may reuse memory): the second must not be counted
+        // under the first's name.
+        let mut rule = String::from("rule-a");
+        rpc.count_decision(&policy, "allow", &rule);
+        rpc.count_decision(&policy, "allow", &rule);
+        rule.replace_range(.., "rule-b");
+        rpc.count_decision(&policy, "allow", &rule);
+        // Equal names elsewhere in memory share a series.
+        rpc.count_decision("p1", "allow", "rule-a");
+        rpc.count_decision(&policy, "deny", "");
+        assert_eq!(
+            decisions(&m),
+            [
+                r#"mtls_authz_decisions_total{policy="p1",decision="allow",rule="rule-a"} 3"#,
+                r#"mtls_authz_decisions_total{policy="p1",decision="allow",rule="rule-b"} 1"#,
+                r#"mtls_authz_decisions_total{policy="p1",decision="deny",rule=""} 1"#,
+            ]
+        );
+    }
+
+    #[test]
+    fn the_decision_cache_stays_bounded_and_counts_stay_right() {
+        let m = Metrics::new();
+        let rpc = m.rpc().unwrap();
+        let rules: Vec<String> = (0..super::DECISION_CACHE_MAX + 10)
+            .map(|i| format!("r{i}"))
+            .collect();
+        for _ in 0..2 {
+            for r in &rules {
+                rpc.count_decision("p", "allow", r);
+            }
+        }
+        assert!(rpc.decision_cache.0.read().unwrap().len() <= super::DECISION_CACHE_MAX);
+        let lines = decisions(&m);
+        assert_eq!(lines.len(), rules.len());
+        assert!(lines.iter().all(|l| l.ends_with("} 2")), "{lines:?}");
     }
 }
