@@ -17,6 +17,8 @@ use tower::{Layer, Service};
 
 /// The response header (gRPC metadata key) carrying the replica's name.
 pub const HEADER: &str = "x-replica";
+/// [`HEADER`] as a header name, made once at compile time.
+const HEADER_NAME: HeaderName = HeaderName::from_static(HEADER);
 
 /// The server flag naming the replica. Flatten it into the server binary's
 /// command line (`#[command(flatten)]`).
@@ -130,9 +132,7 @@ where
         let this = self.project();
         let mut response = std::task::ready!(this.inner.poll(cx))?;
         if let Some(value) = this.value.take() {
-            response
-                .headers_mut()
-                .insert(HeaderName::from_static(HEADER), value);
+            response.headers_mut().insert(HEADER_NAME, value);
         }
         Poll::Ready(Ok(response))
     }

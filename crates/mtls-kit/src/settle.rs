@@ -101,8 +101,9 @@ where
     }
 }
 
-/// A constant, so that the check per RPC does not parse the name from text.
-const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+/// A constant, so that the checks per RPC (here and in the metrics layer)
+/// do not parse the name from text.
+pub(crate) const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
 
 /// Reads `body` to its end within the limits. Returns whether it ended.
 async fn drain(mut body: Body, limits: SettleLayer) -> bool {

@@ -48,16 +48,9 @@ pub fn init(format: LogFormat) {
 #[cfg(feature = "otel")]
 fn otel_filter() -> EnvFilter {
     let base = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".to_owned());
-    EnvFilter::try_new(format!(
-        "{base},{}[grpc.request]=debug",
-        crate::metrics::rpc::SPAN_TARGET
-    ))
-    .unwrap_or_else(|_| {
-        EnvFilter::new(format!(
-            "info,{}[grpc.request]=debug",
-            crate::metrics::rpc::SPAN_TARGET
-        ))
-    })
+    let span = format!("{}[grpc.request]=debug", crate::metrics::rpc::SPAN_TARGET);
+    EnvFilter::try_new(format!("{base},{span}"))
+        .unwrap_or_else(|_| EnvFilter::new(format!("info,{span}")))
 }
 
 /// Flushes what telemetry buffers (exported spans). Call before exit.

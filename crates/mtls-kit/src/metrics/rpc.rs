@@ -42,12 +42,13 @@ use tower::{Layer, Service};
 use tracing::field::Empty;
 
 use super::Metrics;
-/// The target of the per-RPC span (for filters: `RUST_LOG=mtls_kit::metrics::rpc=debug`).
-#[cfg(feature = "otel")]
-pub(crate) const SPAN_TARGET: &str = module_path!();
 use crate::client::code_name;
 use crate::conn::PeerInfo;
 use crate::policy::{Decision, Policy};
+
+/// The target of the per-RPC span (for filters: `RUST_LOG=mtls_kit::metrics::rpc=debug`).
+#[cfg(feature = "otel")]
+pub(crate) const SPAN_TARGET: &str = module_path!();
 
 /// A label value shared between series without copying.
 #[derive(Clone, Debug, Hash, PartialEq, Eq)]
@@ -273,7 +274,7 @@ impl Method {
         })
     }
 
-    fn handled(&self, m: &RpcMetrics, code: tonic::Code) -> Counter {
+    fn handled(&self, m: &RpcMetrics, code: tonic::Code) -> &Counter {
         let slot = &self.series(m).handled[(code as usize).min(16)];
         slot.get_or_init(|| {
             let MethodLabels {
@@ -290,7 +291,6 @@ impl Method {
                 })
                 .clone()
         })
-        .clone()
     }
 }
 
@@ -473,7 +473,7 @@ impl Finish {
 
 /// The `grpc-status` of a header or trailer map, if it has one.
 fn status_in(headers: &http::HeaderMap) -> Option<tonic::Code> {
-    let value = headers.get("grpc-status")?;
+    let value = headers.get(crate::settle::GRPC_STATUS)?;
     let code: i32 = value.to_str().ok()?.parse().ok()?;
     Some(tonic::Code::from_i32(code))
 }
