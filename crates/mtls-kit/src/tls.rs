@@ -23,6 +23,8 @@ use crate::spiffe_verifier::SpiffeClientVerifier;
 
 // Reading PEM files: its own file, so that this one is about configs.
 mod pem;
+// Certificate and CRL signatures verified once per process.
+pub mod signature_memo;
 pub use pem::{
     parse_certs, parse_crls, parse_key, read_certs, read_key, CertifiedKeyFiles, RevocationLists,
     TrustAnchors,
@@ -96,7 +98,9 @@ pub static KX_GROUPS: &[&dyn SupportedKxGroup] = &[
     kx_group::SECP256R1,
 ];
 
-/// The crypto provider both sides use: aws-lc-rs with [`KX_GROUPS`].
+/// The crypto provider both sides use: aws-lc-rs with [`KX_GROUPS`], and
+/// certificate and CRL signatures remembered once verified
+/// ([`signature_memo`]).
 ///
 /// In a FIPS build (`--features fips`), groups that are not FIPS-approved
 /// (X25519 alone) are dropped, as rustls' own FIPS defaults do.
@@ -107,6 +111,7 @@ pub fn provider() -> Arc<CryptoProvider> {
     }
     Arc::new(CryptoProvider {
         kx_groups,
+        signature_verification_algorithms: signature_memo::algorithms(),
         ..aws_lc_rs::default_provider()
     })
 }
@@ -252,6 +257,7 @@ pub fn server_name(name: &str) -> Result<ServerName<'static>, TlsError> {
 mod tests {
     use super::*;
     use crate::pki::{CertificateAuthority, LeafSpec};
+    use rustls_pki_types::CertificateDer;
 
     #[test]
     fn file_errors_name_the_file_and_cause() {
@@ -319,6 +325,96 @@ mod tests {
         let _client = c.map_err(|e| e.to_string())?;
         let server = s.map_err(|e| e.to_string())?;
         Ok(server.get_ref().1.protocol_version().unwrap())
+    }
+
+    /// The CA's signature on `cert`, as webpki hands it to the algorithm.
+    fn ca_signature_parts(
+        cert: &CertificateDer<'_>,
+        ca: &CertificateDer<'_>,
+    ) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+        use x509_parser::prelude::*;
+        let (_, cert) = X509Certificate::from_der(cert).unwrap();
+        let (_, ca) = X509Certificate::from_der(ca).unwrap();
+        (
+            ca.public_key().subject_public_key.data.to_vec(),
+            cert.tbs_certificate.as_ref().to_vec(),
+            cert.signature_value.data.to_vec(),
+        )
+    }
+
+    #[tokio::test]
+    async fn remembered_signatures_skip_neither_revocation_nor_a_forged_signature() {
+        use crate::pki::Revoked;
+        let ca = CertificateAuthority::new("ca", 1).unwrap();
+        let s = ca.issue(&LeafSpec::server("s", &["localhost"])).unwrap();
+        let good = ca
+            .issue(&LeafSpec::dev_client("example.org", "good"))
+            .unwrap();
+        let bad = ca
+            .issue(&LeafSpec::dev_client("example.org", "bad"))
+            .unwrap();
+        let anchors = TrustAnchors::in_memory(vec![ca.cert_der().clone()], "ca");
+        let server_id =
+            CertifiedKeyFiles::in_memory(vec![s.cert_der.clone()], s.key_der(), "server");
+        let server_with = |revoked: &[Revoked]| {
+            let crl = ca.crl(revoked, 1, 1).unwrap();
+            let crls = RevocationLists::from_pem(std::path::Path::new("<crl>"), crl.pem.as_bytes())
+                .unwrap();
+            server_config(&server_id, &anchors, &[crls], ServerTlsOptions::default()).unwrap()
+        };
+        let client = |cert: &crate::pki::IssuedCert, der: CertificateDer<'static>| {
+            let id = CertifiedKeyFiles::in_memory(vec![der], cert.key_der(), "client");
+            client_config(&id, &anchors, ClientTlsOptions::default()).unwrap()
+        };
+        let sha256 = || {
+            provider()
+                .signature_verification_algorithms
+                .mapping
+                .iter()
+                .find(|(scheme, _)| *scheme == rustls::SignatureScheme::ECDSA_NISTP256_SHA256)
+                .unwrap()
+                .1[0]
+        };
+
+        // Both certificates connect, and their CA signatures are remembered.
+        let none = server_with(&[]);
+        for cert in [&good, &bad] {
+            let tls = handshake(none.clone(), client(cert, cert.cert_der.clone())).await;
+            assert_eq!(tls, Ok(rustls::ProtocolVersion::TLSv1_3));
+            let (key, tbs, sig) = ca_signature_parts(&cert.cert_der, ca.cert_der());
+            assert!(signature_memo::process_memo_contains(
+                sha256(),
+                &key,
+                &tbs,
+                &sig
+            ));
+        }
+
+        // Revoked after it was remembered: refused at its next handshake.
+        let revoked = server_with(&[Revoked {
+            serial: {
+                use x509_parser::prelude::*;
+                X509Certificate::from_der(&bad.cert_der)
+                    .unwrap()
+                    .1
+                    .raw_serial()
+                    .to_vec()
+            },
+            at: time::OffsetDateTime::now_utc() - time::Duration::minutes(1),
+        }]);
+        let refused = handshake(revoked.clone(), client(&bad, bad.cert_der.clone())).await;
+        let refused = refused.unwrap_err();
+        assert!(refused.contains("Revoked"), "{refused}");
+        assert!(handshake(revoked, client(&good, good.cert_der.clone()))
+            .await
+            .is_ok());
+
+        // The remembered certificate with its signature altered: refused.
+        let mut forged = good.cert_der.to_vec();
+        let last = forged.len() - 1;
+        forged[last] ^= 0x01;
+        let refused = handshake(none, client(&good, CertificateDer::from(forged))).await;
+        assert!(refused.is_err(), "a forged signature was accepted");
     }
 
     #[tokio::test]
