@@ -11,7 +11,6 @@
 //! info ([`PeerInfo`]) holds the parsed identity and tonic's own
 //! `TlsConnectInfo`, so RPC layers and handlers see both.
 
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -21,7 +20,6 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
-use tokio::time::{Instant, Sleep};
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::{Connected, TcpConnectInfo, TlsConnectInfo};
 
@@ -62,9 +60,6 @@ pub struct PeerStream {
     /// Dropped with the stream: tells whoever serves the connection that it
     /// has ended.
     closed: Option<oneshot::Sender<()>>,
-    /// Past this, reads and writes fail, which ends the connection however
-    /// far its graceful close has got.
-    close_by: Option<Pin<Box<Sleep>>>,
     /// Counts this connection in `mtls_connections_open` while it lives.
     _open: OpenConnection,
 }
@@ -81,24 +76,7 @@ impl PeerStream {
             identity,
             preface_replayed: 0,
             closed: None,
-            close_by: None,
             _open: open,
-        }
-    }
-
-    /// Makes the connection fail at `deadline`: the forced end of a
-    /// graceful close that took too long.
-    pub(crate) fn close_by(&mut self, deadline: Instant) {
-        self.close_by = Some(Box::pin(tokio::time::sleep_until(deadline)));
-    }
-
-    fn past_deadline(&mut self, cx: &mut Context<'_>) -> io::Result<()> {
-        match self.close_by.as_mut().map(|d| d.as_mut().poll(cx)) {
-            Some(Poll::Ready(())) => Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "connection closed: past its max age and grace period",
-            )),
-            _ => Ok(()),
         }
     }
 
@@ -137,7 +115,6 @@ impl AsyncRead for PeerStream {
             self.preface_replayed += n;
             return Poll::Ready(Ok(()));
         }
-        self.past_deadline(cx)?;
         Pin::new(&mut self.tls).poll_read(cx, buf)
     }
 }
@@ -148,7 +125,6 @@ impl AsyncWrite for PeerStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        self.past_deadline(cx)?;
         Pin::new(&mut self.tls).poll_write(cx, buf)
     }
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -162,7 +138,6 @@ impl AsyncWrite for PeerStream {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        self.past_deadline(cx)?;
         Pin::new(&mut self.tls).poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {

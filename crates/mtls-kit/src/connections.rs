@@ -130,7 +130,6 @@ pub async fn serve(
 ) -> Result<(), hyper::Error> {
     let closed = stream.closed();
     let aged = tokio::time::Instant::now() + lifetime.age;
-    stream.close_by(aged + lifetime.grace);
     let info: PeerInfo = stream.connect_info();
     let service = shared
         .service
@@ -151,7 +150,17 @@ pub async fn serve(
         () = tokio::time::sleep_until(aged) => {}
     }
     conn.as_mut().graceful_shutdown();
-    conn.await
+    // Past its age and grace, the connection is dropped (and its socket
+    // closed) with whatever is still in flight. Enforced here, around the
+    // connection, rather than in its stream, where a timer was polled on
+    // every read and write.
+    tokio::select! {
+        result = conn => result,
+        () = tokio::time::sleep_until(aged + lifetime.grace) => {
+            tracing::debug!("connection closed: past its max age and grace period");
+            Ok(())
+        }
+    }
 }
 
 #[cfg(test)]
