@@ -49,13 +49,13 @@ static MEMO: LazyLock<Memo> = LazyLock::new(|| Memo::new(CAPACITY));
 
 /// Signatures known to be valid, by digest.
 #[derive(Debug)]
-pub(crate) struct Memo {
+struct Memo {
     seen: Mutex<HashSet<[u8; 32]>>,
     capacity: usize,
 }
 
 impl Memo {
-    pub(crate) fn new(capacity: usize) -> Self {
+    fn new(capacity: usize) -> Self {
         Memo {
             seen: Mutex::new(HashSet::new()),
             capacity: capacity.max(1),
@@ -81,7 +81,7 @@ impl Memo {
     }
 
     #[cfg(test)]
-    pub(crate) fn len(&self) -> usize {
+    fn len(&self) -> usize {
         self.lock().len()
     }
 }
@@ -89,9 +89,9 @@ impl Memo {
 /// One of rustls' verification algorithms, remembering its successes in a
 /// [`Memo`].
 #[derive(Debug)]
-pub(crate) struct Memoized {
-    pub(crate) inner: &'static dyn SignatureVerificationAlgorithm,
-    pub(crate) memo: &'static Memo,
+struct Memoized {
+    inner: &'static dyn SignatureVerificationAlgorithm,
+    memo: &'static Memo,
 }
 
 impl Memoized {
@@ -162,7 +162,7 @@ pub fn algorithms() -> WebPkiSupportedAlgorithms {
     }
 }
 
-pub(crate) fn wrap(
+fn wrap(
     all: &'static [&'static dyn SignatureVerificationAlgorithm],
     memo: &'static Memo,
 ) -> &'static [&'static dyn SignatureVerificationAlgorithm] {
