@@ -5,9 +5,9 @@
 
 use std::time::Duration;
 
-use mtls_kit::tls::{self, CertifiedKeyFiles, ClientTlsOptions};
+use mtls_kit::tls;
 
-use crate::helpers::{spawn_server, TestPki, POLICY};
+use crate::helpers::{client_tls, spawn_server, TestPki, POLICY};
 
 /// A failure guard, not a wait for readiness.
 const GUARD: Duration = Duration::from_secs(20);
@@ -23,11 +23,7 @@ async fn load_and_wait(
     addr: std::net::SocketAddr,
     timeout: &str,
 ) -> (Option<String>, h2::SendStream<bytes::Bytes>) {
-    let cert = pki.client("writer");
-    let identity =
-        CertifiedKeyFiles::in_memory(vec![cert.cert_der.clone()], cert.key_der(), "client");
-    let config =
-        tls::client_config(&identity, &pki.anchors(), ClientTlsOptions::default()).unwrap();
+    let config = client_tls(pki, &pki.client("writer"));
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     let tls = tokio_rustls::TlsConnector::from(config)
         .connect(tls::server_name("localhost").unwrap(), tcp)

@@ -223,7 +223,8 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
 /// a tonic client on another connection is served throughout.
 #[tokio::test]
 async fn a_peer_provoking_stream_errors_is_still_disconnected() {
-    use mtls_kit::tls::{self, CertifiedKeyFiles, ClientTlsOptions};
+    use crate::helpers::client_tls;
+    use mtls_kit::tls;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
     let pki = TestPki::new();
@@ -234,11 +235,7 @@ async fn a_peer_provoking_stream_errors_is_still_disconnected() {
     let server = spawn_server_with(&pki, POLICY, limits).await;
     let good = server.connect(&pki.client("writer")).await.unwrap();
 
-    let cert = pki.client("writer");
-    let identity =
-        CertifiedKeyFiles::in_memory(vec![cert.cert_der.clone()], cert.key_der(), "client");
-    let config =
-        tls::client_config(&identity, &pki.anchors(), ClientTlsOptions::default()).unwrap();
+    let config = client_tls(&pki, &pki.client("writer"));
     let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let mut h2 = tokio_rustls::TlsConnector::from(config)
         .connect(tls::server_name("localhost").unwrap(), tcp)
