@@ -196,17 +196,29 @@ impl Services {
         &self.names
     }
 
-    /// Every method the server will serve: those in the added descriptor
-    /// sets, plus health and reflection (v1 and v1alpha), which [`run`]
-    /// always adds. A service added without a descriptor set is listed as
-    /// one whose methods are unknown. For checking a policy's paths.
+    /// The encoded descriptor sets of everything the server will serve:
+    /// the added ones, then health and reflection (v1 and v1alpha), which
+    /// [`run`] always adds. A client reads them to call any of these
+    /// methods ([`crate::client::dynamic::Schema`]).
+    pub fn descriptor_sets(&self) -> Vec<&'static [u8]> {
+        self.descriptor_sets
+            .iter()
+            .copied()
+            .chain([
+                tonic_health::pb::FILE_DESCRIPTOR_SET,
+                tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
+                tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
+            ])
+            .collect()
+    }
+
+    /// Every method the server will serve: those of
+    /// [`descriptor_sets`](Self::descriptor_sets). A service added without
+    /// a descriptor set is listed as one whose methods are unknown. For
+    /// checking a policy's paths.
     pub fn served_methods(&self) -> Result<ServedMethods, prost::DecodeError> {
         let mut served = ServedMethods::new();
-        for set in self.descriptor_sets.iter().copied().chain([
-            tonic_health::pb::FILE_DESCRIPTOR_SET,
-            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
-            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-        ]) {
+        for set in self.descriptor_sets() {
             served.add_descriptor_set(set)?;
         }
         for name in &self.names {

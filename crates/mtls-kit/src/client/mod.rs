@@ -5,12 +5,14 @@
 //! `ClientTlsConfig`) keeps one TLS code path for both sides and lets the
 //! config be swapped for new connections while the channel lives.
 //!
-//! [`cli`] holds the flags and exit-status conventions of a client binary.
+//! [`cli`] holds the flags and exit-status conventions of a client binary,
+//! and [`dynamic`] calls any served method by its path with JSON messages.
 //! [`balance`] spreads RPCs over every replica behind a name (addresses
 //! from [`resolve`]), and [`retry`] retries a call once when that is safe.
 
 pub mod balance;
 pub mod cli;
+pub mod dynamic;
 pub mod resolve;
 pub mod retry;
 

@@ -75,6 +75,24 @@ pub fn check(spec: &PolicySpec, served: &ServedMethods) -> Vec<PathWarning> {
     warnings
 }
 
+/// Why `method`, a concrete `/pkg.Service/Method` (a test case's, say),
+/// cannot be one this server serves, with the closest served method; `None`
+/// when it is served, or might be (a service whose methods are unknown).
+pub fn unserved_method(method: &str, served: &ServedMethods) -> Option<String> {
+    if served.contains(method) || served.in_opaque_service(method) {
+        return None;
+    }
+    let (suggestion, hint) = suggest(method, served);
+    let mut m = format!("method {method:?} is not served by this server");
+    if let Some(s) = suggestion {
+        m.push_str(&format!("; did you mean {s:?}?"));
+    }
+    if let Some(h) = hint {
+        m.push_str(&format!(" ({h})"));
+    }
+    Some(m)
+}
+
 /// Whether `pattern` matches a served method, or might (a service whose
 /// methods are unknown).
 fn matches_something(pattern: &str, served: &ServedMethods) -> bool {
@@ -185,6 +203,23 @@ mod tests {
                 "deny_rules[0].request.paths[4]: rule \"d\": path \"*/Chek\" matches no method this server serves; did you mean \"*/Check\"?",
             ]
         );
+    }
+
+    #[test]
+    fn an_unserved_method_gets_the_closest_served_one() {
+        let s = served();
+        assert_eq!(unserved_method("/shop.v1.Cart/Add", &s), None);
+        assert_eq!(
+            unserved_method("/shop.v1.Cart/Ad", &s).as_deref(),
+            Some("method \"/shop.v1.Cart/Ad\" is not served by this server; did you mean \"/shop.v1.Cart/Add\"?")
+        );
+        assert_eq!(
+            unserved_method("/shop.v1.cart/add", &s).as_deref(),
+            Some("method \"/shop.v1.cart/add\" is not served by this server; did you mean \"/shop.v1.Cart/Add\"? (paths are case-sensitive)")
+        );
+        let mut opaque = served();
+        opaque.add_opaque_service("other.v1.Thing");
+        assert_eq!(unserved_method("/other.v1.Thing/Anything", &opaque), None);
     }
 
     #[test]

@@ -20,6 +20,10 @@
 //! `headers` (`key:value`, as `--header`); `expect`, `allow` or `deny`; and
 //! optionally `rule`, the rule that must decide (`null`: no rule may match).
 //! `name` is optional, for the report.
+//!
+//! A case whose method the server does not serve fails, with the closest
+//! served method: such a case proves nothing (a typo in a deny case would
+//! pass, and so would every deny case of a stale file).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -29,7 +33,7 @@ use serde::Deserialize;
 use super::explain::{self, Query};
 use crate::identity::PeerIdentity;
 use crate::policy::file::PolicySpec;
-use crate::policy::{Policy, ServedMethods};
+use crate::policy::{paths, Policy, ServedMethods};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -96,6 +100,14 @@ fn peer(case: &Case, at: &str, dir: &Path) -> Result<PeerIdentity, String> {
     }
 }
 
+/// ` "name"` for a named case, nothing for one without a name.
+fn case_name(case: &Case) -> String {
+    case.name
+        .as_deref()
+        .map(|n| format!(" {n:?}"))
+        .unwrap_or_default()
+}
+
 /// Runs every case of `cases_path` against `policy`. Prints each failure
 /// with its explanation, then `N passed, M failed`. Returns whether all
 /// passed, or an error for a case file that cannot be used.
@@ -137,6 +149,13 @@ pub fn run(
 
     let (mut passed, mut failed) = (0, 0);
     for (at, case, peer, headers) in &prepared {
+        // A case for a method the server does not serve proves nothing: a
+        // typo in a deny case would pass, and so would a stale case file.
+        if let Some(why) = paths::unserved_method(&case.method, served) {
+            failed += 1;
+            let _ = writeln!(out, "FAIL {shown} {at}{}: {why}", case_name(case));
+            continue;
+        }
         let q = Query {
             peer,
             method: &case.method,
@@ -157,11 +176,7 @@ pub fn run(
             continue;
         }
         failed += 1;
-        let name = case
-            .name
-            .as_deref()
-            .map(|n| format!(" {n:?}"))
-            .unwrap_or_default();
+        let name = case_name(case);
         let want_rule = match &case.rule {
             Some(Some(r)) => format!(" by rule {r:?}"),
             Some(None) => " with no rule matching".to_owned(),
@@ -206,14 +221,10 @@ mod tests {
         let path = dir.path().join("cases.json");
         std::fs::write(&path, cases).unwrap();
         let spec = file::parse(POLICY).unwrap();
+        let mut served = ServedMethods::new();
+        served.add_method("/a.B/C");
         let mut out = Vec::new();
-        let result = run(
-            &Policy::compile(&spec),
-            &spec,
-            &ServedMethods::new(),
-            &path,
-            &mut out,
-        );
+        let result = run(&Policy::compile(&spec), &spec, &served, &path, &mut out);
         (result, String::from_utf8(out).unwrap())
     }
 
@@ -229,6 +240,26 @@ mod tests {
         );
         assert_eq!(result, Ok(true), "{out}");
         assert_eq!(out, "3 passed, 0 failed\n");
+    }
+
+    #[test]
+    fn a_case_for_a_method_that_is_not_served_fails() {
+        let (result, out) = run_cases(
+            r#"{"cases": [
+                {"name": "typo", "principals": ["x"], "method": "/a.B/D", "expect": "deny"},
+                {"principals": ["spiffe://example.org/reader"], "method": "/a.B/C", "expect": "allow"}
+            ]}"#,
+        );
+        assert_eq!(result, Ok(false), "{out}");
+        let lines: Vec<&str> = out.lines().collect();
+        assert_eq!(lines.len(), 2, "{out}");
+        assert!(
+            lines[0].ends_with(
+                "cases[0] \"typo\": method \"/a.B/D\" is not served by this server; did you mean \"/a.B/C\"?"
+            ),
+            "{out}"
+        );
+        assert_eq!(lines[1], "1 passed, 1 failed");
     }
 
     #[test]

@@ -46,7 +46,8 @@ pub enum PolicyCommand {
     /// Show the decision the server would make for one RPC, and why.
     Explain(ExplainArgs),
     /// Run a table of cases (identity, method, expected decision) against a
-    /// policy. Exit status: 0 all passed, 1 a case failed, 2 unusable input.
+    /// policy. A case whose method this server does not serve fails. Exit
+    /// status: 0 all passed, 1 a case failed, 2 unusable input.
     Test {
         /// The policy file.
         policy: PathBuf,

@@ -10,6 +10,7 @@ mod balance;
 mod connection_age;
 mod deadline;
 mod decisions;
+mod dynamic_calls;
 mod early_answers;
 mod health_reflection;
 mod key_exchange;

@@ -1,7 +1,8 @@
 //! Slow clients cannot starve new ones: with thousands of connections that
 //! send nothing, or trickle a ClientHello one byte a second, and more
 //! arriving all the time, a real client still connects and completes its
-//! first call promptly. All on 127.0.0.1, bounded in count and time.
+//! first call, long before any slow connection's deadline could have freed
+//! a slot. All on 127.0.0.1, bounded in count and time.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -14,6 +15,11 @@ use tokio::sync::Mutex;
 use crate::helpers::{spawn_server_with, TestPki, POLICY};
 use crate::store::{entry, StoreClient};
 
+/// The handshake deadlines in this test: what a starved client would wait.
+const STARVED: Duration = Duration::from_secs(600);
+/// How long the real client is given: far less than [`STARVED`], far more
+/// than a loaded machine needs.
+const GUARD: Duration = Duration::from_secs(60);
 /// Idle and trickling connections held open during the attack.
 const SLOW: usize = 2000;
 /// Of the connections that keep arriving, the newest this many stay open.
@@ -66,7 +72,16 @@ async fn open(addr: SocketAddr, n: usize, batch: usize) -> Vec<TcpStream> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_new_client_is_served_promptly_while_slow_clients_hold_connections() {
     let pki = TestPki::new();
-    let server = spawn_server_with(&pki, POLICY, Limits::default()).await;
+    // Deadlines far longer than the test: a slow connection never gives
+    // up its slot by timing out, so the real client can only be served if
+    // the server makes room for it. No latency is asserted: a starved
+    // client would wait for the deadlines (minutes), a served one does not.
+    let limits = Limits {
+        client_hello_timeout: STARVED,
+        handshake_timeout: STARVED,
+        ..Limits::default()
+    };
+    let server = spawn_server_with(&pki, POLICY, limits).await;
     let addr = server.addr;
     let attack_started = Instant::now();
     let slow = slow_connections();
@@ -102,9 +117,8 @@ async fn a_new_client_is_served_promptly_while_slow_clients_hold_connections() {
         attack_started.elapsed()
     );
 
-    // A real client, three times over the attack: the first while the
-    // slow connections are fresh, the last after ClientHello deadlines have
-    // begun to expire.
+    // A real client, three times over the attack, while slow connections
+    // keep arriving.
     let mut timings = Vec::new();
     for round in 0..3 {
         let started = Instant::now();
@@ -116,7 +130,7 @@ async fn a_new_client_is_served_promptly_while_slow_clients_hold_connections() {
                 .map_err(|s| Box::new(s) as Box<dyn std::error::Error>)?;
             Ok::<_, Box<dyn std::error::Error>>(())
         };
-        let result = tokio::time::timeout(Duration::from_secs(5), first_call).await;
+        let result = tokio::time::timeout(GUARD, first_call).await;
         let took = started.elapsed();
         println!("round {round}: first call after {took:?}: {result:?}");
         timings.push((took, result.map(|r| r.map_err(|e| e.to_string()))));
@@ -131,8 +145,7 @@ async fn a_new_client_is_served_promptly_while_slow_clients_hold_connections() {
         opened >= SLOW * 9 / 10,
         "only {opened} slow connections opened"
     );
-    for (took, result) in &timings {
+    for (_, result) in &timings {
         assert!(matches!(result, Ok(Ok(()))), "{timings:?}");
-        assert!(*took < Duration::from_secs(1), "{timings:?}");
     }
 }
