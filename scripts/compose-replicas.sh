@@ -6,7 +6,8 @@
 # Three server replicas behind the one service name `server`
 # (docker-compose.yml + deploy/compose/replicas.yml, --scale server=3), and
 # one load client calling them through the kit's balancing client at a
-# steady 200 RPCs/s (half reads, half writes) for the whole test. Checks:
+# steady 200 RPCs/s (half on the read path, half on the write path, see
+# deploy/compose/replicas.yml) for the whole test. Checks:
 #
 #   1. the load spreads over all three replicas (each at least 20%);
 #   2. a rolling restart (each replica in turn: SIGTERM with its drain, then

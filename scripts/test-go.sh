@@ -3,10 +3,12 @@
 #
 #   scripts/test-go.sh
 #
-# Installs what it needs from Debian's packages (Go 1.19, grpc-go,
-# protobuf, protoc and its Go plugins) and builds offline in GOPATH mode: no
-# Go module proxy is needed. Uses the binaries in MTLS_BIN_DIR, or builds
-# them with cargo when it is unset. Exits non-zero if anything fails.
+# The test proves every case of config/policy.test.json over the wire
+# (MTLS_POLICY_CASES names another case file) and checks TLS; it needs no
+# generated code. Installs what it needs from Debian's packages (Go 1.19,
+# grpc-go, protobuf) and builds offline in GOPATH mode: no Go module proxy
+# is needed. Uses the binaries in MTLS_BIN_DIR, or builds them with cargo
+# when it is unset. Exits non-zero if anything fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=lib/common.sh
@@ -15,10 +17,10 @@ root=$PWD
 log() { echo "[test-go] $*" >&2; }
 
 # golang-github-golang-protobuf-1-5-dev: grpc-go 1.33 decodes messages
-# through github.com/golang/protobuf, and only its 1.4+ API handles the
-# messages protoc-gen-go 1.28 generates (1.3 panics on the first reply).
-packages=(golang-go golang-google-grpc-dev golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev
-  protoc-gen-go protoc-gen-go-grpc protobuf-compiler)
+# (its health client's, say) through github.com/golang/protobuf, and only
+# its 1.4+ API handles protobuf-go 1.28 messages (1.3 panics on the first
+# reply).
+packages=(golang-go golang-google-grpc-dev golang-google-protobuf-dev golang-github-golang-protobuf-1-5-dev)
 install_debs "${packages[@]}"
 
 ensure_bins "$root"
@@ -41,5 +43,7 @@ set +e
 go test -count=1 -v ./... 2>&1 | tee "$gopath/test.log"
 status=${PIPESTATUS[0]}
 set -e
-log "$(grep -c '^--- PASS' "$gopath/test.log") passed, $(grep -c '^--- FAIL' "$gopath/test.log") failed"
+# Tests and subtests (one per policy case); the skips say why above.
+count() { grep -cE "^ *--- $1" "$gopath/test.log" || true; }
+log "$(count PASS) passed, $(count FAIL) failed, $(count SKIP) skipped"
 exit "$status"

@@ -4,11 +4,12 @@
 #
 #   scripts/test-node.sh
 #
-# Installs what is missing from Debian's packages (protoc for the generated
-# code check; Node.js and npm if there is no node), runs `npm ci` (pinned by
-# package-lock.json), compiles with tsc and runs `node --test`. Uses the
-# binaries in MTLS_BIN_DIR, or builds them with cargo when it is unset.
-# Exits non-zero if anything fails.
+# The test proves every case of config/policy.test.json over the wire
+# (MTLS_POLICY_CASES names another case file) and checks TLS; it needs no
+# generated code. Installs Node.js and npm from Debian's packages if there
+# is no node, runs `npm ci` (pinned by package-lock.json), compiles with tsc
+# and runs `node --test`. Uses the binaries in MTLS_BIN_DIR, or builds them
+# with cargo when it is unset. Exits non-zero if anything fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=lib/common.sh
@@ -16,13 +17,12 @@ cd "$(dirname "$0")/.."
 root=$PWD
 log() { echo "[test-node] $*" >&2; }
 
-install_debs protobuf-compiler
 need_node
 
 ensure_bins "$root"
 
 cd examples/node
-log "node $(node --version), npm $(npm --version), $(protoc --version)"
+log "node $(node --version), npm $(npm --version)"
 npm ci --no-audit --no-fund --loglevel=error
 rm -rf dist   # no stale compiled tests
 npm test

@@ -3,6 +3,8 @@
 # kubectl 1.20 (Debian's kubernetes-client, the oldest kustomize we support),
 # validates every resource (built-in kinds against the Kubernetes API schema,
 # strict; cert-manager kinds against cert-manager's CRD schemas), checks that
+# the policy ConfigMap holds config/policy.json as it is (it comes in through
+# the config/ base: there is no Kubernetes copy of the policy), that
 # the SPIFFE IDs of the Certificates and the principals of the policy agree,
 # checks the wiring (mounts, probes, shutdown timing) and that the metrics
 # endpoint is exposed (SERVER_METRICS_LISTEN not loopback, containerPort 9464
@@ -103,7 +105,8 @@ echo "$(grep -c '^kind:' "$rendered") resources rendered"
 step "validate (schemas, SPIFFE IDs vs policy, wiring)"
 status=0
 "$venv/bin/python" "$kdir/tools/validate_k8s.py" "$rendered" \
-  --crd-dir "$crd_dir" --k8s-version "$k8s_version" || status=1
+  --crd-dir "$crd_dir" --k8s-version "$k8s_version" \
+  --expect-policy "$repo/config/policy.json" || status=1
 
 if [ "$self_test" = 1 ]; then
   step "self-test: broken manifests must fail (pytest deploy/kubernetes/tests)"

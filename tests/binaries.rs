@@ -1,15 +1,20 @@
 //! The `server`, `client` and `certs` binaries as a user runs them.
 //!
-//! Only the kit's own commands (health, `--expect`, `certs`) are used here,
-//! so these tests keep passing when the example RPCs are replaced; the
-//! service's RPCs are tested in `tests/service.rs`. The exception is the
-//! last test, of `client load`, which a replaced example replaces too.
+//! Nothing here names an RPC, a message or a count of the service's: the
+//! tests use a policy of their own (health for every dev identity), the
+//! kit's commands (health, `--expect`, `certs`, `load`), and what the
+//! service declares (its dev identities, its served methods, and the
+//! shipped policy's cases in `config/policy.test.json`). So they keep
+//! passing, unchanged, when a team replaces the example.
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
+
+use mtls_kit::client::dynamic::Schema;
+use mtls_kit::server::Limits;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_server");
 const CLIENT: &str = env!("CARGO_BIN_EXE_client");
@@ -23,16 +28,82 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-/// A project-like directory: the shipped policy under config/, nothing else.
+/// The dev identities `certs init` issues (at least two are needed here).
+fn dev_clients() -> (&'static str, &'static str) {
+    match inventory_service::DEV_IDENTITIES.clients {
+        [first, second, ..] => (first, second),
+        _ => panic!("these tests need at least two dev identities in DEV_IDENTITIES"),
+    }
+}
+
+/// The service's methods: those it registers, plus the kit's health and
+/// reflection.
+fn schema() -> Schema {
+    let services = inventory_service::services(&Limits::default());
+    Schema::from_encoded(services.descriptor_sets()).unwrap()
+}
+
+/// A method of the service's own (the first, by path; not health or
+/// reflection).
+fn service_method() -> String {
+    schema()
+        .methods()
+        .into_iter()
+        .map(|m| m.path().to_owned())
+        .find(|p| !p.starts_with("/grpc.health.") && !p.starts_with("/grpc.reflection."))
+        .expect("the service serves no method of its own")
+}
+
+/// A client certificate these tests issue (`certs client`) and their
+/// policy denies everything.
+const DENIED: &str = "denied-by-test";
+
+/// The tests' own policy: every identity of the dev trust domain may check
+/// health, except [`DENIED`], which is denied everything. It names nothing
+/// of the service's, so it holds whatever the service serves.
+fn test_policy() -> String {
+    let td = inventory_service::DEV_IDENTITIES.trust_domain;
+    serde_json::json!({
+        "name": "binaries-test",
+        "deny_rules": [{"name": "denied", "source": {"principals": [format!("spiffe://{td}/{DENIED}")]}}],
+        "allow_rules": [{
+            "name": "health",
+            "source": {"principals": [format!("spiffe://{td}/*")]},
+            "request": {"paths": ["/grpc.health.v1.Health/Check"]}
+        }]
+    })
+    .to_string()
+}
+
+/// A project-like directory: the tests' policy in config/policy.json,
+/// nothing else.
 fn project_dir() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::create_dir(dir.path().join("config")).unwrap();
-    std::fs::copy(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("config/policy.json"),
-        dir.path().join("config/policy.json"),
-    )
-    .unwrap();
+    std::fs::write(dir.path().join("config/policy.json"), test_policy()).unwrap();
     dir
+}
+
+/// A project directory with the shipped policy and its cases under config/.
+fn shipped_project_dir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("config")).unwrap();
+    for file in ["config/policy.json", "config/policy.test.json"] {
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join(file),
+            dir.path().join(file),
+        )
+        .unwrap();
+    }
+    dir
+}
+
+/// Issues the [`DENIED`] client certificate in `dir`'s dev PKI.
+fn issue_denied(dir: &Path) {
+    let out = run(Command::new(CERTS)
+        .current_dir(dir)
+        .args(["client", DENIED]));
+    assert!(out.status.success(), "{}", stderr(&out));
 }
 
 /// A project directory whose dev PKI `certs init` has made.
@@ -43,9 +114,20 @@ fn project_dir_with_dev_pki() -> tempfile::TempDir {
     dir
 }
 
+/// A server process, killed when dropped: a test that fails leaves no
+/// server behind.
+struct Server(Child);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Starts the server in `dir` on an ephemeral port; returns it and the
 /// address it reported once listening.
-fn start_server(dir: &Path, extra: &[&str]) -> (Child, String, Vec<String>) {
+fn start_server(dir: &Path, extra: &[&str]) -> (Server, String, Vec<String>) {
     let (child, addr, seen, _) = start_server_logs(dir, extra);
     (child, addr, seen)
 }
@@ -54,7 +136,7 @@ fn start_server(dir: &Path, extra: &[&str]) -> (Child, String, Vec<String>) {
 fn start_server_logs(
     dir: &Path,
     extra: &[&str],
-) -> (Child, String, Vec<String>, mpsc::Receiver<String>) {
+) -> (Server, String, Vec<String>, mpsc::Receiver<String>) {
     let mut child = Command::new(SERVER)
         .current_dir(dir)
         // The metrics port too: tests run servers side by side.
@@ -66,7 +148,9 @@ fn start_server_logs(
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let stderr = child.stderr.take().unwrap();
+    let mut child = Server(child);
+    let mut lines = BufReader::new(stderr).lines();
     let mut seen = Vec::new();
     for line in lines.by_ref() {
         let line = line.unwrap();
@@ -84,22 +168,25 @@ fn start_server_logs(
             return (child, addr, seen, rx);
         }
     }
-    let status = child.wait().unwrap();
+    let status = child.0.wait().unwrap();
     panic!("server exited ({status}) before listening: {seen:#?}");
 }
 
 /// Sends a signal with the shell's `kill` builtin (no extra package needed).
-fn signal(child: &Child, name: &str) {
+fn signal(server: &Server, name: &str) {
     let status = Command::new("sh")
-        .args(["-c", &format!("kill -{name} {}", child.id())])
+        .args(["-c", &format!("kill -{name} {}", server.0.id())])
         .status()
         .unwrap();
     assert!(status.success(), "kill -{name}");
 }
 
+/// Runs the client in `dir` against `addr`, as the first dev identity
+/// unless `args` say otherwise.
 fn client(dir: &Path, addr: &str, args: &[&str]) -> Output {
     run(Command::new(CLIENT)
         .current_dir(dir)
+        .env("CLIENT_IDENTITY", dev_clients().0)
         .args(["--addr", addr])
         .args(args))
 }
@@ -131,8 +218,9 @@ fn fresh_checkout_generates_dev_pki_serves_and_stops_on_sigterm() {
     assert!(health.status.success(), "{}", stderr(&health));
     assert_eq!(String::from_utf8_lossy(&health.stdout).trim(), "SERVING");
 
-    // The shipped policy denies `outsider` everything, health included.
-    let denied = client(dir.path(), &addr, &["--identity", "outsider", "health"]);
+    // A certificate of the same CA, denied by a deny rule.
+    issue_denied(dir.path());
+    let denied = client(dir.path(), &addr, &["--identity", DENIED, "health"]);
     assert_eq!(denied.status.code(), Some(1));
     assert_eq!(
         stderr(&denied).trim(),
@@ -152,7 +240,7 @@ fn fresh_checkout_generates_dev_pki_serves_and_stops_on_sigterm() {
     );
 
     signal(&server, "TERM");
-    let status = server.wait().unwrap();
+    let status = server.0.wait().unwrap();
     assert!(
         status.success(),
         "server exited with {status} after SIGTERM"
@@ -248,7 +336,7 @@ fn client_failures_are_clear() {
         .args(["init", "--if-missing"]));
     assert!(quiet.status.success());
 
-    let (mut server, addr, _) = start_server(dir.path(), &[]);
+    let (server, addr, _) = start_server(dir.path(), &[]);
     let missing = client(dir.path(), &addr, &["--identity", "nobody", "health"]);
     assert_eq!(missing.status.code(), Some(1));
     assert_eq!(
@@ -276,8 +364,7 @@ fn client_failures_are_clear() {
     assert!(issued.status.success(), "{}", stderr(&issued));
     let health = client(dir.path(), &addr, &["--identity", "auditor", "health"]);
     assert!(health.status.success(), "{}", stderr(&health));
-    server.kill().unwrap();
-    server.wait().unwrap();
+    drop(server);
 }
 
 /// Waits for a log line whose message is `message`.
@@ -297,7 +384,7 @@ fn wait_for_log(lines: &mpsc::Receiver<String>, message: &str) -> serde_json::Va
 fn certs_revoke_and_sighup_cut_a_client_off() {
     let dir = project_dir_with_dev_pki();
     // File watching and polling off: only SIGHUP can reload.
-    let (mut server, addr, _, lines) = start_server_logs(
+    let (server, addr, _, lines) = start_server_logs(
         dir.path(),
         &[
             "--crl",
@@ -308,12 +395,13 @@ fn certs_revoke_and_sighup_cut_a_client_off() {
             "0",
         ],
     );
-    let before = client(dir.path(), &addr, &["--identity", "reader", "health"]);
+    let (first, second) = dev_clients();
+    let before = client(dir.path(), &addr, &["--identity", first, "health"]);
     assert!(before.status.success(), "{}", stderr(&before));
 
     let revoke = run(Command::new(CERTS)
         .current_dir(dir.path())
-        .args(["revoke", "reader"]));
+        .args(["revoke", first]));
     assert!(revoke.status.success(), "{}", stderr(&revoke));
     assert_eq!(
         String::from_utf8_lossy(&revoke.stdout).trim(),
@@ -324,21 +412,20 @@ fn certs_revoke_and_sighup_cut_a_client_off() {
     let reloaded = wait_for_log(&lines, "configuration reloaded");
     assert_eq!(reloaded["changed"], "certs/crl.pem");
 
-    let after = client(dir.path(), &addr, &["--identity", "reader", "health"]);
+    let after = client(dir.path(), &addr, &["--identity", first, "health"]);
     assert_eq!(after.status.code(), Some(1));
     assert!(
         !stderr(&after).contains("PERMISSION_DENIED"),
         "{}",
         stderr(&after)
     );
-    let other = client(dir.path(), &addr, &["--identity", "writer", "health"]);
+    let other = client(dir.path(), &addr, &["--identity", second, "health"]);
     assert!(other.status.success(), "{}", stderr(&other));
 
     // With file watching on (the default), a rotated server certificate is
     // picked up without a signal.
-    server.kill().unwrap();
-    server.wait().unwrap();
-    let (mut server, addr, _, lines) = start_server_logs(dir.path(), &["--crl", "certs/crl.pem"]);
+    drop(server);
+    let (server, addr, _, lines) = start_server_logs(dir.path(), &["--crl", "certs/crl.pem"]);
     let reissue = run(Command::new(CERTS).current_dir(dir.path()).args(["server"]));
     assert!(reissue.status.success(), "{}", stderr(&reissue));
     let reloaded = wait_for_log(&lines, "configuration reloaded");
@@ -349,25 +436,29 @@ fn certs_revoke_and_sighup_cut_a_client_off() {
             .contains("certs/server.pem"),
         "{reloaded}"
     );
-    let health = client(dir.path(), &addr, &["--identity", "writer", "health"]);
+    let health = client(dir.path(), &addr, &["--identity", second, "health"]);
     assert!(health.status.success(), "{}", stderr(&health));
-    server.kill().unwrap();
-    server.wait().unwrap();
+    drop(server);
 }
 
 #[test]
 fn a_typo_in_a_policy_path_warns_by_default_and_stops_startup_when_strict() {
+    // A rule naming one of the service's methods with its name's first
+    // letter in the wrong case.
+    let method = service_method();
+    let (service, name) = method.rsplit_once('/').unwrap();
+    let typo = format!("{service}/{}", name.to_ascii_lowercase());
+    assert_ne!(typo, method, "{method}: a method name with no letter?");
     let dir = project_dir();
-    let policy = dir.path().join("config/policy.json");
-    let shipped = std::fs::read_to_string(&policy).unwrap();
-    std::fs::write(
-        &policy,
-        shipped.replace("Inventory/Purge", "Inventory/purge"),
-    )
-    .unwrap();
+    let mut policy: serde_json::Value = serde_json::from_str(&test_policy()).unwrap();
+    policy["allow_rules"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"name": "typo", "request": {"paths": [typo]}}));
+    std::fs::write(dir.path().join("config/policy.json"), policy.to_string()).unwrap();
 
     // Default: it serves (gRPC would load this policy too) and says why not to.
-    let (mut server, _, log) = start_server(dir.path(), &[]);
+    let (server, _, log) = start_server(dir.path(), &[]);
     let warning = log
         .iter()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
@@ -375,12 +466,11 @@ fn a_typo_in_a_policy_path_warns_by_default_and_stops_startup_when_strict() {
         .unwrap_or_else(|| panic!("no policy warning: {log:#?}"));
     let warning = warning["warning"].as_str().unwrap();
     assert!(
-        warning.starts_with("policy file config/policy.json: allow_rules[4].request.paths[0]: rule \"admins-administer\": path \"/inventory.v1.Inventory/purge\"")
-            && warning.contains("did you mean \"/inventory.v1.Inventory/Purge\"? (paths are case-sensitive)"),
+        warning.starts_with(&format!("policy file config/policy.json: allow_rules[1].request.paths[0]: rule \"typo\": path {typo:?}"))
+            && warning.contains(&format!("did you mean {method:?}? (paths are case-sensitive)")),
         "{warning}"
     );
-    server.kill().unwrap();
-    server.wait().unwrap();
+    drop(server);
 
     // Strict, by flag or by environment: refused before listening.
     for strict in [
@@ -406,7 +496,7 @@ fn dev_pki_revocation_and_strict_spiffe_are_on_without_flags() {
     let dir = project_dir_with_dev_pki();
     // A dev PKI from before the CRL existed: the server makes an empty one.
     std::fs::remove_file(dir.path().join("certs/crl.pem")).unwrap();
-    let (mut server, addr, log, lines) = start_server_logs(dir.path(), &[]);
+    let (server, addr, log, lines) = start_server_logs(dir.path(), &[]);
     assert!(
         log.iter().any(|l| l.contains("wrote an empty one")),
         "{log:#?}"
@@ -427,17 +517,18 @@ fn dev_pki_revocation_and_strict_spiffe_are_on_without_flags() {
         "{log:#?}"
     );
 
-    let before = client(dir.path(), &addr, &["--identity", "reader", "health"]);
+    let (first, second) = dev_clients();
+    let before = client(dir.path(), &addr, &["--identity", first, "health"]);
     assert!(before.status.success(), "{}", stderr(&before));
 
     // Revoked while running, with no --crl and no signal.
     let revoke = run(Command::new(CERTS)
         .current_dir(dir.path())
-        .args(["revoke", "reader"]));
+        .args(["revoke", first]));
     assert!(revoke.status.success(), "{}", stderr(&revoke));
     let reloaded = wait_for_log(&lines, "configuration reloaded");
     assert_eq!(reloaded["changed"], "certs/crl.pem");
-    let after = client(dir.path(), &addr, &["--identity", "reader", "health"]);
+    let after = client(dir.path(), &addr, &["--identity", first, "health"]);
     assert_eq!(after.status.code(), Some(1));
     // The client may see the alert or only the closed connection (it can be
     // writing when the server hangs up); the server's log says why.
@@ -451,7 +542,7 @@ fn dev_pki_revocation_and_strict_spiffe_are_on_without_flags() {
         refused["error"].as_str().unwrap().contains("Revoked"),
         "{refused}"
     );
-    let other = client(dir.path(), &addr, &["--identity", "writer", "health"]);
+    let other = client(dir.path(), &addr, &["--identity", second, "health"]);
     assert!(other.status.success(), "{}", stderr(&other));
 
     // Strict SPIFFE mode: a certificate from the same CA with an ID in
@@ -480,14 +571,13 @@ fn dev_pki_revocation_and_strict_spiffe_are_on_without_flags() {
         )),
         "{why}"
     );
-    server.kill().unwrap();
-    server.wait().unwrap();
+    drop(server);
 }
 
 #[test]
 fn the_client_shows_which_replica_answered() {
     let dir = project_dir();
-    let (mut server, addr, _) = start_server(dir.path(), &["--replica-name", "replica-7"]);
+    let (server, addr, _) = start_server(dir.path(), &["--replica-name", "replica-7"]);
     let health = client(dir.path(), &addr, &["--show-replica", "health"]);
     assert!(health.status.success(), "{}", stderr(&health));
     assert_eq!(
@@ -499,8 +589,7 @@ fn the_client_shows_which_replica_answered() {
     let plain = client(dir.path(), &addr, &["health"]);
     assert_eq!(String::from_utf8_lossy(&plain.stdout).trim(), "SERVING");
     assert_eq!(stderr(&plain), "");
-    server.kill().unwrap();
-    server.wait().unwrap();
+    drop(server);
 }
 
 #[test]
@@ -530,35 +619,181 @@ fn a_named_crl_that_is_missing_stops_startup() {
     }
 }
 
+/// `client load` with `args`; returns its exit status and final totals.
+fn load(dir: &Path, addr: &str, args: &[&str]) -> (Output, serde_json::Value) {
+    let mut all = vec!["load", "--rate", "1000", "--report-secs", "0"];
+    all.extend_from_slice(args);
+    let out = client(dir, addr, &all);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    let last = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|_| panic!("no totals: {stdout}{}", stderr(&out)));
+    (out, last)
+}
+
 #[test]
 fn client_load_reports_totals_and_the_replica_split() {
     let dir = project_dir();
-    let (mut server, addr, _) = start_server(dir.path(), &["--replica-name", "solo"]);
-    let out = client(
+    let (server, addr, _) = start_server(dir.path(), &["--replica-name", "solo"]);
+    // By default every call is a health check.
+    let (out, last) = load(dir.path(), &addr, &["--count", "120"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(last["final"], true, "{last}");
+    assert_eq!(last["failures"], 0, "{last}");
+    assert_eq!(last["rpcs"], 120, "{last}");
+    // Every call was answered by the one replica, which named itself.
+    assert_eq!(last["replicas"]["solo"], 120, "{last}");
+
+    // The mix is chosen: a quarter of the calls go to the write method
+    // (here one of the service's, which the tests' policy denies).
+    let write = service_method();
+    let (out, last) = load(
         dir.path(),
         &addr,
         &[
-            "--identity",
-            "writer",
-            "load",
-            "--rate",
-            "100",
-            "--duration-secs",
-            "1",
-            "--report-secs",
-            "0",
+            "--count",
+            "200",
+            "--write-method",
+            &write,
+            "--write-percent",
+            "25",
         ],
     );
-    assert!(out.status.success(), "{}", stderr(&out));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let last: serde_json::Value =
-        serde_json::from_str(stdout.lines().last().unwrap_or_default()).unwrap();
-    assert_eq!(last["final"], true, "{stdout}");
-    assert_eq!(last["failures"], 0, "{stdout}");
-    let rpcs = last["rpcs"].as_u64().unwrap();
-    assert!(rpcs >= 50, "{stdout}");
-    // Every call was answered by the one replica, which named itself.
-    assert_eq!(last["replicas"]["solo"].as_u64(), Some(rpcs), "{stdout}");
-    server.kill().unwrap();
-    server.wait().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert_eq!(last["rpcs"], 200, "{last}");
+    assert_eq!(last["failures"], 50, "{last}");
+    assert_eq!(last["failure_codes"]["PERMISSION_DENIED"], 50, "{last}");
+
+    // What cannot work is refused before connecting.
+    for (args, why) in [
+        (
+            &["--write-percent", "10"][..],
+            "--write-percent 10 needs --write-method",
+        ),
+        (
+            &["--method", "/no.Such/Method"][..],
+            "no served method is named \"/no.Such/Method\"",
+        ),
+        (
+            &["--method", "/grpc.health.v1.Health/Watch"][..],
+            "load calls unary methods; /grpc.health.v1.Health/Watch is server streaming",
+        ),
+        (
+            &["--request", "{\"nope\": 1}"][..],
+            "is not valid JSON for grpc.health.v1.HealthCheckRequest",
+        ),
+    ] {
+        let mut all = vec!["load", "--count", "1"];
+        all.extend_from_slice(args);
+        let out = client(dir.path(), &addr, &all);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&out).contains(why), "{args:?}: {}", stderr(&out));
+    }
+    drop(server);
+}
+
+/// One case of `config/policy.test.json`, as far as a wire test needs it.
+struct WireCase {
+    label: String,
+    cert: PathBuf,
+    method: String,
+    headers: Vec<String>,
+    deny: bool,
+}
+
+/// The shipped cases that a dev certificate in `dir/certs` can make over
+/// the wire, and the labels of those it cannot (a principal that no dev
+/// certificate carries).
+fn wire_cases(dir: &Path) -> (Vec<WireCase>, Vec<String>) {
+    let text = std::fs::read_to_string(dir.join("config/policy.test.json")).unwrap();
+    let file: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let (mut cases, mut skipped) = (Vec::new(), Vec::new());
+    for (i, case) in file["cases"].as_array().unwrap().iter().enumerate() {
+        let name = case["name"].as_str().unwrap_or_default();
+        let label = format!("cases[{i}] {name:?}");
+        // `cert` is relative to the case file; a principal
+        // `spiffe://TD/NAME` is certs/NAME.pem when the dev PKI has it.
+        let cert = match (case["cert"].as_str(), case["principals"].as_array()) {
+            (Some(cert), _) => Some(dir.join("config").join(cert)),
+            (None, Some(principals)) => principals
+                .iter()
+                .filter_map(|p| p.as_str()?.strip_prefix("spiffe://")?.split_once('/'))
+                .map(|(_, name)| dir.join("certs").join(format!("{name}.pem")))
+                .find(|pem| pem.exists()),
+            (None, None) => None,
+        };
+        let Some(cert) = cert else {
+            skipped.push(label);
+            continue;
+        };
+        let headers = case["headers"]
+            .as_array()
+            .map(|h| {
+                h.iter()
+                    .filter_map(|v| v.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        cases.push(WireCase {
+            label,
+            cert,
+            method: case["method"].as_str().unwrap().to_owned(),
+            headers,
+            deny: case["expect"] == "deny",
+        });
+    }
+    (cases, skipped)
+}
+
+#[test]
+fn every_shipped_policy_case_holds_over_the_wire() {
+    let dir = shipped_project_dir();
+    let (server, addr, _) = start_server(dir.path(), &[]);
+    let (cases, skipped) = wire_cases(dir.path());
+    assert!(
+        !cases.is_empty(),
+        "no case maps to a dev certificate: {skipped:?}"
+    );
+    let mut wrong = Vec::new();
+    for case in &cases {
+        let cert = case.cert.display().to_string();
+        let key = case.cert.with_extension("key").display().to_string();
+        // The default request; a streaming method gets one message and the
+        // end of its stream. Allowed calls may fail for the service's own
+        // reasons: only PERMISSION_DENIED is the policy's answer.
+        let mut args = vec![
+            "--cert",
+            &cert,
+            "--key",
+            &key,
+            "--timeout-secs",
+            "5",
+            "call",
+        ];
+        args.push(&case.method);
+        for h in &case.headers {
+            args.extend(["--header", h.as_str()]);
+        }
+        let out = client(dir.path(), &addr, &args);
+        let denied = out.status.code() == Some(1) && stderr(&out).contains("PERMISSION_DENIED");
+        if denied != case.deny {
+            wrong.push(format!(
+                "{}: expected {}, got exit {:?}: {}",
+                case.label,
+                if case.deny {
+                    "PERMISSION_DENIED"
+                } else {
+                    "anything but PERMISSION_DENIED"
+                },
+                out.status.code(),
+                stderr(&out).trim()
+            ));
+        }
+    }
+    eprintln!(
+        "{} cases over the wire; {} without a dev certificate: {skipped:?}",
+        cases.len(),
+        skipped.len()
+    );
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    drop(server);
 }

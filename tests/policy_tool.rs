@@ -1,8 +1,16 @@
 //! `server policy check | explain | test`, run as an operator runs them:
 //! offline, from the repository root, against the shipped policy.
+//!
+//! Nothing here names a method, rule or count of the service's: what a test
+//! needs (the rules, their names and order, the cases, the served methods)
+//! is read from `config/policy.json`, `config/policy.test.json` and the
+//! service's descriptor sets, so these tests hold for any service.
 
 use std::path::Path;
 use std::process::{Command, Output};
+
+use mtls_kit::server::Limits;
+use serde_json::Value;
 
 const SERVER: &str = env!("CARGO_BIN_EXE_server");
 
@@ -34,35 +42,118 @@ fn write(dir: &Path, name: &str, contents: &str) -> String {
     path.display().to_string()
 }
 
+/// A shipped file under config/, parsed.
+fn shipped(name: &str) -> Value {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("config")
+        .join(name);
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+fn rules(policy: &Value, list: &str) -> Vec<Value> {
+    policy[list].as_array().cloned().unwrap_or_default()
+}
+
+/// Every method the server serves.
+fn served() -> Vec<String> {
+    let services = inventory_service::services(&Limits::default());
+    let served = services.served_methods().unwrap();
+    served.methods().map(str::to_owned).collect()
+}
+
+/// A method of the service's own (not health or reflection).
+fn service_method() -> String {
+    served()
+        .into_iter()
+        .find(|p| !p.starts_with("/grpc.health.") && !p.starts_with("/grpc.reflection."))
+        .expect("the service serves no method of its own")
+}
+
+/// `method` with its name in lower case: a typo a policy author makes.
+fn miscased(method: &str) -> String {
+    let (service, name) = method.rsplit_once('/').unwrap();
+    let typo = format!("{service}/{}", name.to_ascii_lowercase());
+    assert_ne!(typo, method, "{method}: a method name with no capital?");
+    typo
+}
+
+fn plural(n: usize, one: &str) -> String {
+    if n == 1 {
+        format!("1 {one}")
+    } else {
+        format!("{n} {one}s")
+    }
+}
+
+/// The shipped cases, each with its index.
+fn cases() -> Vec<(usize, Value)> {
+    shipped("policy.test.json")["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .cloned()
+        .enumerate()
+        .collect()
+}
+
+/// The first shipped case given by principals that `pick` accepts.
+fn case_where(pick: impl Fn(&Value) -> bool) -> Value {
+    cases()
+        .into_iter()
+        .map(|(_, c)| c)
+        .find(|c| c["principals"].is_array() && pick(c))
+        .expect("config/policy.test.json has no such case")
+}
+
+/// `policy explain` of the shipped policy for a case's method and
+/// principals, with `extra` arguments.
+fn explain(case: &Value, extra: &[&str]) -> Output {
+    let mut args = vec!["explain", "config/policy.json", "--method"];
+    args.push(case["method"].as_str().unwrap());
+    for p in case["principals"].as_array().unwrap() {
+        args.extend(["--principal", p.as_str().unwrap()]);
+    }
+    args.extend_from_slice(extra);
+    policy(&args)
+}
+
 #[test]
 fn check_passes_the_shipped_policy() {
     let out = policy(&["check", "config/policy.json"]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     assert_eq!(stderr(&out), "");
+    let p = shipped("policy.json");
     assert_eq!(
         stdout(&out).trim(),
-        "config/policy.json: ok: policy \"inventory-dev\", 1 deny rule, 5 allow rules, 0 warnings; paths checked against 9 served methods"
+        format!(
+            "config/policy.json: ok: policy {:?}, {}, {}, 0 warnings; paths checked against {} served methods",
+            p["name"].as_str().unwrap(),
+            plural(rules(&p, "deny_rules").len(), "deny rule"),
+            plural(rules(&p, "allow_rules").len(), "allow rule"),
+            served().len()
+        )
     );
 }
 
 #[test]
 fn check_warns_about_a_typo_and_fails_it_with_strict() {
     let dir = tempfile::tempdir().unwrap();
-    let shipped =
-        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("config/policy.json"))
-            .unwrap();
-    let typo = write(
-        dir.path(),
-        "typo.json",
-        &shipped.replace("Inventory/Purge", "Inventory/Prge"),
-    );
+    let method = service_method();
+    let typo_path = miscased(&method);
+    let mut p = shipped("policy.json");
+    let at = rules(&p, "allow_rules").len();
+    p["allow_rules"]
+        .as_array_mut()
+        .unwrap()
+        .push(serde_json::json!({"name": "typo", "request": {"paths": [typo_path]}}));
+    let typo = write(dir.path(), "typo.json", &p.to_string());
     let out = policy(&["check", &typo]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let err = stderr(&out);
     assert_eq!(err.lines().count(), 1, "{err}");
     assert!(
         err.starts_with(&format!(
-            "warning: policy file {typo}: allow_rules[4].request.paths[0]: rule \"admins-administer\": path \"/inventory.v1.Inventory/Prge\" matches no method this server serves; did you mean \"/inventory.v1.Inventory/Purge\"? (line "
+            "warning: policy file {typo}: allow_rules[{at}].request.paths[0]: rule \"typo\": path {typo_path:?} matches no method this server serves; did you mean {method:?}? (paths are case-sensitive) (line "
         )),
         "{err}"
     );
@@ -131,54 +222,51 @@ fn check_reports_every_error_with_exit_2() {
 
 #[test]
 fn explain_shows_the_identity_the_decision_and_each_rules_miss() {
-    let out = policy(&[
-        "explain",
-        "config/policy.json",
-        "--method",
-        "/inventory.v1.Inventory/PutItem",
-        "--principal",
-        "spiffe://example.org/reader",
-    ]);
+    let p = shipped("policy.json");
+    let (deny_rules, allow_rules) = (rules(&p, "deny_rules"), rules(&p, "allow_rules"));
+    // Denied by default: every rule is listed with why it missed.
+    let case = case_where(|c| c["expect"] == "deny" && c["rule"].is_null());
+    let out = explain(&case, &[]);
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let text = stdout(&out);
-    for expected in [
-        "  SPIFFE ID: spiffe://example.org/reader\n",
-        "decision: deny (no allow rule matched; deny by default)\n",
-        "  deny_rules[0] \"outsiders-get-nothing\": no match\n      - no name of the peer matches principals [\"spiffe://example.org/outsider\"]\n",
-        "  allow_rules[3] \"writers-write\": no match\n      - no name of the peer matches principals [\"spiffe://example.org/writer\", \"spiffe://example.org/admin\"]\n",
-    ] {
-        assert!(text.contains(expected), "{expected:?} not in:\n{text}");
+    assert!(
+        text.contains("decision: deny (no allow rule matched; deny by default)\n"),
+        "{text}"
+    );
+    for (list, rules) in [("deny_rules", &deny_rules), ("allow_rules", &allow_rules)] {
+        for (i, rule) in rules.iter().enumerate() {
+            let line = format!(
+                "  {list}[{i}] {:?}: no match\n",
+                rule["name"].as_str().unwrap()
+            );
+            assert!(text.contains(&line), "{line:?} not in:\n{text}");
+        }
+    }
+    if let Some(id) = case["principals"][0]
+        .as_str()
+        .filter(|p| p.starts_with("spiffe://"))
+    {
+        assert!(text.contains(&format!("  SPIFFE ID: {id}\n")), "{text}");
     }
 
-    let json = policy(&[
-        "explain",
-        "config/policy.json",
-        "--method",
-        "/inventory.v1.Inventory/PutItem",
-        "--principal",
-        "spiffe://example.org/writer",
-        "--json",
-    ]);
+    // Allowed by a rule, as JSON.
+    let case = case_where(|c| c["expect"] == "allow" && c["rule"].is_string());
+    let json = explain(&case, &["--json"]);
     assert_eq!(json.status.code(), Some(0), "{}", stderr(&json));
-    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let v: Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(v["decision"], "allow");
-    assert_eq!(v["rule"], "writers-write");
-    assert_eq!(v["rules"].as_array().unwrap().len(), 5);
-
-    let denied = policy(&[
-        "explain",
-        "config/policy.json",
-        "--method",
-        "/grpc.health.v1.Health/Check",
-        "--principal",
-        "spiffe://example.org/outsider",
-        "--json",
-    ]);
-    let v: serde_json::Value = serde_json::from_slice(&denied.stdout).unwrap();
+    assert_eq!(v["rule"], case["rule"]);
+    // Every deny rule, then the allow rules up to the one that decided.
+    let decided = allow_rules
+        .iter()
+        .position(|r| r["name"] == case["rule"])
+        .unwrap();
     assert_eq!(
-        (v["decision"].as_str(), v["rule"].as_str()),
-        (Some("deny"), Some("outsiders-get-nothing"))
+        v["rules"].as_array().unwrap().len(),
+        deny_rules.len() + decided + 1,
+        "{v}"
     );
+
     let nobody = policy(&[
         "explain",
         "config/policy.json",
@@ -188,7 +276,7 @@ fn explain_shows_the_identity_the_decision_and_each_rules_miss() {
         "stranger.example",
         "--json",
     ]);
-    let v: serde_json::Value = serde_json::from_slice(&nobody.stdout).unwrap();
+    let v: Value = serde_json::from_slice(&nobody.stdout).unwrap();
     assert_eq!(v["decision"], "deny");
     assert!(v["rule"].is_null());
     assert_eq!(v["identity"]["dns_sans"][0], "stranger.example");
@@ -205,26 +293,40 @@ fn explain_reads_the_identity_from_a_certificate() {
     assert!(certs.status.success(), "{}", stderr(&certs));
     let policy_file = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/policy.json");
     let policy_file = policy_file.display().to_string();
+    // An allowed case whose principal is a dev identity's SPIFFE ID.
+    let td = inventory_service::DEV_IDENTITIES.trust_domain;
+    let prefix = format!("spiffe://{td}/");
+    let case = case_where(|c| {
+        c["expect"] == "allow"
+            && c["rule"].is_string()
+            && c["principals"][0]
+                .as_str()
+                .and_then(|p| p.strip_prefix(&prefix))
+                .is_some_and(|name| inventory_service::DEV_IDENTITIES.clients.contains(&name))
+    });
+    let id = case["principals"][0].as_str().unwrap();
+    let name = &id[prefix.len()..];
+    let cert = format!("certs/{name}.pem");
     let out = policy_in(
         dir.path(),
         &[
             "explain",
             &policy_file,
             "--method",
-            "/inventory.v1.Inventory/Purge",
+            case["method"].as_str().unwrap(),
             "--cert",
-            "certs/admin.pem",
+            &cert,
         ],
     );
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
     let text = stdout(&out);
+    assert!(text.contains(&format!("  URI SANs:  {id}\n")), "{text}");
+    assert!(text.contains(&format!("  subject:   CN={name}")), "{text}");
     assert!(
-        text.contains("  URI SANs:  spiffe://example.org/admin\n"),
-        "{text}"
-    );
-    assert!(text.contains("  subject:   CN=admin"), "{text}");
-    assert!(
-        text.contains("decision: allow (allow rule \"admins-administer\")\n"),
+        text.contains(&format!(
+            "decision: allow (allow rule {:?})\n",
+            case["rule"].as_str().unwrap()
+        )),
         "{text}"
     );
 
@@ -246,15 +348,7 @@ fn explain_reads_the_identity_from_a_certificate() {
         stderr(&missing)
     );
     // The peer is given one way, and must be given.
-    for peer in [
-        &[
-            "--cert",
-            "certs/admin.pem",
-            "--principal",
-            "spiffe://example.org/admin",
-        ][..],
-        &[],
-    ] {
+    for peer in [&["--cert", &cert, "--principal", id][..], &[]] {
         let mut args = vec!["explain", policy_file.as_str(), "--method", "/a.B/C"];
         args.extend_from_slice(peer);
         let out = policy_in(dir.path(), &args);
@@ -277,36 +371,75 @@ fn test_runs_the_shipped_cases() {
         stdout(&out),
         stderr(&out)
     );
-    assert_eq!(stdout(&out).trim(), "45 passed, 0 failed");
+    assert_eq!(
+        stdout(&out).trim(),
+        format!("{} passed, 0 failed", cases().len())
+    );
 }
 
 #[test]
 fn test_fails_a_wrong_case_with_its_explanation() {
     let dir = tempfile::tempdir().unwrap();
-    let cases = write(
-        dir.path(),
-        "cases.json",
-        r#"{"cases": [
-            {"name": "readers may purge (wrong)", "principals": ["spiffe://example.org/reader"],
-             "method": "/inventory.v1.Inventory/Purge", "expect": "allow"},
-            {"principals": ["spiffe://example.org/admin"], "method": "/inventory.v1.Inventory/Purge",
-             "expect": "allow", "rule": "writers-write"},
-            {"principals": ["spiffe://example.org/admin"], "method": "/inventory.v1.Inventory/Purge", "expect": "allow"}
-        ]}"#,
-    );
-    let out = policy(&["test", "config/policy.json", &cases]);
+    // Every shipped case given by principals, with its expectation turned
+    // around: each must fail, saying what it expected and what it got.
+    let flipped: Vec<(usize, Value)> = cases()
+        .into_iter()
+        .filter(|(_, c)| c["principals"].is_array())
+        .map(|(_, mut c)| {
+            let other = if c["expect"] == "allow" {
+                "deny"
+            } else {
+                "allow"
+            };
+            c["expect"] = other.into();
+            c.as_object_mut().unwrap().remove("rule");
+            c
+        })
+        .enumerate()
+        .collect();
+    let doc = serde_json::json!({"cases": flipped.iter().map(|(_, c)| c).collect::<Vec<_>>()});
+    let file = write(dir.path(), "cases.json", &doc.to_string());
+    let out = policy(&["test", "config/policy.json", &file]);
     assert_eq!(out.status.code(), Some(1));
     let text = stdout(&out);
-    assert!(
-        text.contains(&format!("FAIL {cases} cases[0] \"readers may purge (wrong)\": expected allow, got deny (no allow rule matched; deny by default)\n")),
-        "{text}"
+    for (i, case) in &flipped {
+        let name = case["name"]
+            .as_str()
+            .map(|n| format!(" {n:?}"))
+            .unwrap_or_default();
+        let line = format!(
+            "FAIL {file} cases[{i}]{name}: expected {}, got {}",
+            case["expect"].as_str().unwrap(),
+            if case["expect"] == "allow" {
+                "deny"
+            } else {
+                "allow"
+            }
+        );
+        assert!(text.contains(&line), "{line:?} not in:\n{text}");
+    }
+    assert!(text.contains("    decision: "), "{text}");
+    assert_eq!(
+        text.lines().last(),
+        Some(format!("0 passed, {} failed", flipped.len()).as_str())
     );
-    assert!(text.contains("    decision: deny"), "{text}");
+
+    // The right decision by the wrong rule fails too.
+    let case = case_where(|c| c["expect"] == "allow" && c["rule"].is_string());
+    let mut wrong_rule = case.clone();
+    wrong_rule["rule"] = "no-such-rule".into();
+    let doc = serde_json::json!({"cases": [wrong_rule]});
+    let file = write(dir.path(), "rule.json", &doc.to_string());
+    let out = policy(&["test", "config/policy.json", &file]);
+    assert_eq!(out.status.code(), Some(1));
     assert!(
-        text.contains(&format!("FAIL {cases} cases[1]: expected allow by rule \"writers-write\", got allow (allow rule \"admins-administer\")\n")),
-        "{text}"
+        stdout(&out).contains(&format!(
+            "expected allow by rule \"no-such-rule\", got allow (allow rule {:?})\n",
+            case["rule"].as_str().unwrap()
+        )),
+        "{}",
+        stdout(&out)
     );
-    assert_eq!(text.lines().last(), Some("1 passed, 2 failed"));
 
     let broken = write(
         dir.path(),
@@ -322,4 +455,28 @@ fn test_fails_a_wrong_case_with_its_explanation() {
         "{}",
         stderr(&out)
     );
+}
+
+#[test]
+fn test_refuses_a_case_whose_method_is_not_served() {
+    let dir = tempfile::tempdir().unwrap();
+    // A deny case with a typo in its method would pass against the policy
+    // alone: the method is checked against what the server serves.
+    let case = case_where(|c| c["expect"] == "deny");
+    let method = case["method"].as_str().unwrap().to_owned();
+    let mut typo = case.clone();
+    typo["method"] = miscased(&method).into();
+    let doc = serde_json::json!({"cases": [typo, case]});
+    let file = write(dir.path(), "typo.json", &doc.to_string());
+    let out = policy(&["test", "config/policy.json", &file]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(
+        text.contains(&format!(
+            ": method {:?} is not served by this server; did you mean {method:?}? (paths are case-sensitive)\n",
+            miscased(&method)
+        )),
+        "{text}"
+    );
+    assert_eq!(text.lines().last(), Some("1 passed, 1 failed"));
 }

@@ -1,15 +1,24 @@
 """Interop: Python grpcio against the real Rust server, over mutual TLS.
 
 The server binary (built by `cargo build --bins`; override the directory with
-MTLS_BIN_DIR) is started on a free loopback port, with a development PKI made
-for the test by the `certs` binary.
+MTLS_BIN_DIR) is started on a free loopback port with the shipped
+config/policy.json and a development PKI made for the test by the `certs`
+binary. Nothing here names the service's RPCs or messages:
+
+* every case of the policy's case file (config/policy.test.json, or
+  MTLS_POLICY_CASES) is called over the wire, as the identity the case
+  names, with an empty request message in the method's own call shape (the
+  shapes come from `server methods --json`); a case that says deny must get
+  PERMISSION_DENIED, one that says allow anything else;
+* the TLS checks (a foreign CA's certificate refused, the key exchange) use
+  the health service, which every server runs;
+* reflection must describe every served method as the server binary lists it.
 """
-import filecmp
-import socket
 import pathlib
+import socket
+import struct
 import sys
 import tempfile
-import struct
 import threading
 
 import grpc
@@ -18,12 +27,15 @@ from google.protobuf import descriptor_pool
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import ProtoReflectionDescriptorDatabase
 
 HERE = pathlib.Path(__file__).resolve().parent
-ROOT = HERE.parent.parent
 sys.path.insert(0, str(HERE))
-from inventory.v1 import inventory_pb2, inventory_pb2_grpc  # noqa: E402
-import generate  # noqa: E402
+import policycases  # noqa: E402
 import realserver  # noqa: E402
 from realserver import make_pki  # noqa: E402
+
+CASES = policycases.load_cases()
+# Names of the cases selected and of those that ran (not skipped), for the
+# "zero cases ran" check.
+SELECTED, RAN = [], []
 
 
 @pytest.fixture(scope="module")
@@ -33,73 +45,118 @@ def server():
         yield running
 
 
-def connect(address, certs: pathlib.Path, identity: str, ca: pathlib.Path = None) -> grpc.Channel:
+@pytest.fixture(scope="module")
+def methods():
+    """{path: Method} as the server binary lists them."""
+    return policycases.served_methods()
+
+
+def connect(address, cert: pathlib.Path, key: pathlib.Path, ca: pathlib.Path) -> grpc.Channel:
     credentials = grpc.ssl_channel_credentials(
-        root_certificates=(ca or certs / "ca.pem").read_bytes(),
-        private_key=(certs / f"{identity}.key").read_bytes(),
-        certificate_chain=(certs / f"{identity}.pem").read_bytes(),
+        root_certificates=ca.read_bytes(),
+        private_key=key.read_bytes(),
+        certificate_chain=cert.read_bytes(),
     )
     return grpc.secure_channel(address, credentials, options=[("grpc.ssl_target_name_override", "localhost")])
 
 
-def test_generated_stubs_match_the_protos():
-    with tempfile.TemporaryDirectory() as tmp:
-        generate.generate(pathlib.Path(tmp))
-        for name in ["inventory_pb2.py", "inventory_pb2.pyi", "inventory_pb2_grpc.py"]:
-            fresh = pathlib.Path(tmp) / "inventory" / "v1" / name
-            committed = HERE / "inventory" / "v1" / name
-            assert filecmp.cmp(fresh, committed, shallow=False), f"{name} is stale: run python generate.py"
+def _raw(message: bytes) -> bytes:
+    return message
 
 
-def test_allowed_calls_succeed(server):
+def call_empty(channel: grpc.Channel, method: policycases.Method, metadata=(), timeout=policycases.DEADLINE):
+    """Calls `method` with an empty request message (zero bytes on the wire),
+    in its own call shape; returns (status code, details)."""
+    kwargs = dict(request_serializer=_raw, response_deserializer=_raw)
+    options = dict(timeout=timeout, metadata=list(metadata))
+    try:
+        if not method.client_streaming and not method.server_streaming:
+            channel.unary_unary(method.path, **kwargs)(b"", **options)
+        elif not method.client_streaming:
+            # Server streaming: read until the end.
+            for _ in channel.unary_stream(method.path, **kwargs)(b"", **options):
+                pass
+        elif not method.server_streaming:
+            # Client streaming: one message, half-close, await the reply.
+            channel.stream_unary(method.path, **kwargs)(iter([b""]), **options)
+        else:
+            # Bidi: one message, half-close, read until the end.
+            for _ in channel.stream_stream(method.path, **kwargs)(iter([b""]), **options):
+                pass
+    except grpc.RpcError as e:
+        return e.code(), e.details()
+    return grpc.StatusCode.OK, ""
+
+
+def health_check(channel: grpc.Channel):
+    """grpc.health.v1.Health/Check for the whole server, as raw bytes."""
+    check = policycases.Method(policycases.HEALTH_CHECK, False, False, "", "")
+    return call_empty(channel, check)
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_policy_case(server, methods, case: policycases.Case):
+    SELECTED.append(case.name)
+    assert case.error is None, f"{case.name}: malformed case: {case.error}"
     address, certs = server
-    with connect(address, certs, "writer") as ch:
-        stub = inventory_pb2_grpc.InventoryStub(ch)
-        item = inventory_pb2.Item(sku="py-1", name="Python", quantity=7)
-        stored = stub.PutItem(inventory_pb2.PutItemRequest(item=item), timeout=10)
-        assert stored.updated_by == "spiffe://example.org/writer"
-    with connect(address, certs, "reader") as ch:
-        stub = inventory_pb2_grpc.InventoryStub(ch)
-        got = stub.GetItem(inventory_pb2.GetItemRequest(sku="py-1"), timeout=10)
-        assert (got.name, got.quantity) == ("Python", 7)
-        listed = [i.sku for i in stub.ListItems(inventory_pb2.ListItemsRequest(sku_prefix="py-"), timeout=10)]
-        assert listed == ["py-1"]
+    method = methods.get(case.method)
+    assert method is not None, f"{case.name}: {case.method} is not served (not in `server methods --json`)"
+    found = case.client_cert(certs)
+    if isinstance(found, str):
+        pytest.skip(f"{case.name}: {found}")
+    cert, key = found
+    with connect(address, cert, key, certs / "ca.pem") as ch:
+        if case.cert is not None:
+            # A certificate from outside the test's PKI: unless the server
+            # accepts it, nothing can be proved with it.
+            code, details = health_check(ch)
+            if code == grpc.StatusCode.UNAVAILABLE:
+                pytest.skip(f"{case.name}: the server refuses {case.cert} (not issued by the test PKI's CA?): {details}")
+        code, details = call_empty(ch, method, case.headers)
+    RAN.append(case.name)
+    where = f"{case.name}: {method.kind} {case.method} as {cert.name}"
+    if case.expect == "deny":
+        assert code == grpc.StatusCode.PERMISSION_DENIED, f"{where}: want PERMISSION_DENIED, got {code.name}: {details}"
+    else:
+        assert code != grpc.StatusCode.PERMISSION_DENIED, f"{where}: want allowed, got PERMISSION_DENIED: {details}"
 
 
-def test_denied_call_gets_permission_denied(server):
-    address, certs = server
-    with connect(address, certs, "reader") as ch:
-        stub = inventory_pb2_grpc.InventoryStub(ch)
-        with pytest.raises(grpc.RpcError) as denied:
-            stub.Purge(inventory_pb2.PurgeRequest(), timeout=10)
-        assert denied.value.code() == grpc.StatusCode.PERMISSION_DENIED
-        assert denied.value.details() == "permission denied by authorization policy"
+def test_some_policy_case_ran():
+    """Runs after the cases (pytest keeps file order): at least one case must
+    have been called over the wire, or the test proved nothing."""
+    if not SELECTED:
+        pytest.skip("no policy case was selected (-k)")
+    assert RAN, (f"none of the {len(CASES)} cases of {policycases.CASES_FILE} ran over the wire "
+                 "(each was skipped or failed; see above)")
 
 
 def test_certificate_from_another_ca_is_refused(server):
     address, certs = server
     with tempfile.TemporaryDirectory() as tmp:
         foreign = make_pki(pathlib.Path(tmp) / "other")
+        cert, key = policycases.any_identity(foreign)
         # Trusts the real server, but presents a certificate the server's CA
         # never issued.
-        with connect(address, foreign, "admin", ca=certs / "ca.pem") as ch:
-            stub = inventory_pb2_grpc.InventoryStub(ch)
-            with pytest.raises(grpc.RpcError) as refused:
-                stub.GetItem(inventory_pb2.GetItemRequest(sku="x"), timeout=10)
-            assert refused.value.code() == grpc.StatusCode.UNAVAILABLE, refused.value
+        with connect(address, cert, key, ca=certs / "ca.pem") as ch:
+            code, details = health_check(ch)
+        assert code == grpc.StatusCode.UNAVAILABLE, (code, details)
 
 
-def test_reflection_lists_services_and_describes_a_method(server):
+def test_reflection_describes_every_served_method(server, methods):
     address, certs = server
-    with connect(address, certs, "reader") as ch:
+    identity = policycases.identity_allowed(CASES, policycases.REFLECTION_V1ALPHA, certs)
+    if identity is None:
+        pytest.skip(f"no case of {policycases.CASES_FILE} allows reflection v1alpha to an identity of the test PKI")
+    with connect(address, *identity, certs / "ca.pem") as ch:
         database = ProtoReflectionDescriptorDatabase(ch)
-        services = set(database.get_services())
-        assert {"inventory.v1.Inventory", "grpc.health.v1.Health"} <= services
+        # Reflection describes the services it reflects, not itself.
+        described = [m for m in methods.values() if not m.service.startswith("grpc.reflection.")]
+        assert {m.service for m in described} <= set(database.get_services())
         pool = descriptor_pool.DescriptorPool(database)
-        method = pool.FindMethodByName("inventory.v1.Inventory.ListItems")
-        assert method.server_streaming and not method.client_streaming
-        assert method.input_type.full_name == "inventory.v1.ListItemsRequest"
-        assert method.output_type.full_name == "inventory.v1.Item"
+        for m in described:
+            found = pool.FindMethodByName(m.path[1:].replace("/", "."))
+            assert (found.client_streaming, found.server_streaming) == (m.client_streaming, m.server_streaming), m
+            assert (found.input_type.full_name, found.output_type.full_name) == (m.input, m.output), m
 
 
 # TLS named groups (IANA), for the key exchange test.
@@ -201,12 +258,13 @@ def test_key_exchange_with_grpcio(server):
     """grpcio (BoringSSL inside the wheel) cannot report the negotiated group,
     so read it off the wire: the server must pick the first group grpcio
     offers that the kit supports (X25519MLKEM768 when grpcio offers it, else
-    X25519 or P-256), and the call must succeed."""
+    X25519 or P-256), and the call must reach the server (a health check;
+    the policy may allow or deny it, either proves the handshake)."""
     address, certs = server
     proxy = RecordingProxy(address)
-    with connect(proxy.address, certs, "reader") as ch:
-        stub = inventory_pb2_grpc.InventoryStub(ch)
-        assert list(stub.ListItems(inventory_pb2.ListItemsRequest(sku_prefix="kx-"), timeout=10)) == []
+    with connect(proxy.address, *policycases.any_identity(certs), certs / "ca.pem") as ch:
+        code, details = health_check(ch)
+    assert code in (grpc.StatusCode.OK, grpc.StatusCode.PERMISSION_DENIED), (code, details)
     client_hellos = [body for t, body in handshake_messages(bytes(proxy.sent)) if t == 1]
     offered = offered_groups(client_hellos[0])
     expected = next(g for g in offered if g in KIT_GROUPS)

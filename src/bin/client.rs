@@ -1,25 +1,36 @@
-//! The client binary: call each RPC as a chosen identity and print the
-//! result. A failed call prints its gRPC status and exits 1. `load` runs a
-//! steady mix of reads and writes (see `load.rs`).
+//! The client binary: call any method the server serves, as a chosen
+//! identity, with requests and replies as JSON. A failed call prints its
+//! gRPC status and exits 1. `load` keeps a steady rate of calls going (see
+//! `load.rs`).
+//!
+//! It names no RPC of the service: the methods come from the descriptor
+//! sets the service registers (`services()`), so this file needs no edit
+//! when the proto changes.
 
 // Beside this file, in client/, so that cargo does not take it for a binary.
 #[path = "client/load.rs"]
 mod load;
 
+use std::io::Read;
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
-use inventory_service::proto::inventory_client::InventoryClient;
-use inventory_service::proto::{
-    GetItemRequest, Item, ListItemsRequest, PurgeRequest, PutItemRequest,
-};
-use mtls_kit::client::cli::{self, request, ClientArgs};
+use inventory_service::services;
+use mtls_kit::client::cli::{self, ClientArgs};
+use mtls_kit::client::dynamic::{self, DynamicMessage, Method, Schema};
 use mtls_kit::client::retry::{self, Idempotency};
 use mtls_kit::client::BalancedChannel;
+use mtls_kit::policy_cli::explain;
+use mtls_kit::server::Limits;
 use mtls_kit::telemetry;
+use tokio::io::AsyncBufReadExt;
+use tokio_stream::wrappers::LinesStream;
+use tokio_stream::StreamExt;
+use tonic::metadata::MetadataMap;
 
-/// Calls the inventory service over mutual TLS as a chosen identity.
+/// Calls the service over mutual TLS as a chosen identity.
 #[derive(Parser, Debug)]
 #[command(name = "client", version)]
 struct Args {
@@ -32,28 +43,17 @@ struct Args {
 
 #[derive(Subcommand, Debug)]
 enum Command {
-    /// GetItem (read).
-    Get { sku: String },
-    /// PutItem (write).
-    Put {
-        sku: String,
-        name: String,
-        quantity: i64,
+    /// List every method the server serves, with its call kind and message
+    /// types. Offline.
+    Methods {
+        /// One JSON document (as `server methods --json`).
+        #[arg(long)]
+        json: bool,
     },
-    /// Purge (admin).
-    Purge,
-    /// ListItems (server streaming).
-    List {
-        #[arg(long, default_value = "")]
-        prefix: String,
-    },
-    /// ImportItems (client streaming). Each item is SKU,NAME,QUANTITY.
-    Import {
-        #[arg(required = true)]
-        items: Vec<String>,
-    },
-    /// A steady stream of reads and writes over every replica, with running
-    /// totals (RPCs, failures, retries, per-replica split) as JSON lines.
+    /// Call one method. Prints each reply as a line of JSON.
+    Call(CallArgs),
+    /// A steady rate of calls over every replica, with running totals
+    /// (calls, failures, retries, per-replica split) as JSON lines.
     Load(load::LoadArgs),
     /// grpc.health.v1 Check; exits 0 only if SERVING.
     Health {
@@ -63,149 +63,212 @@ enum Command {
     },
 }
 
+#[derive(clap::Args, Debug)]
+struct CallArgs {
+    /// The method: `/package.Service/Method`, or any unambiguous tail of it
+    /// (`Service/Method`, `Method`). `methods` lists them.
+    method: String,
+    /// The request as JSON (the proto3 JSON mapping). `-` reads requests
+    /// from standard input, one JSON object per line: every line is one
+    /// message of a client or bidi stream, and a unary or server-streaming
+    /// method takes exactly one.
+    #[arg(default_value = "{}")]
+    request: String,
+    /// Request metadata, `key: value` (repeatable; `-bin` values in
+    /// base64, as on the wire).
+    #[arg(long = "header", short = 'H', value_name = "KEY: VALUE", value_parser = explain::parse_header)]
+    headers: Vec<(String, String)>,
+    /// Retry once on UNAVAILABLE, as for a method the proto marks
+    /// `idempotency_level = NO_SIDE_EFFECTS` or `IDEMPOTENT` (those are
+    /// retried without this flag). Other calls are retried only when the
+    /// request provably never left.
+    #[arg(long)]
+    idempotent: bool,
+}
+
+/// The methods this client can call: the service's, health and reflection.
+fn schema() -> Result<Schema, dynamic::SchemaError> {
+    Schema::from_encoded(services(&Limits::default()).descriptor_sets())
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
     telemetry::init(args.client.log_format);
-    let command = args.command;
+    let schema = match schema() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
     let show_replica = args.client.show_replica;
-    let code = cli::run(&args.client, |channel, timeout| {
-        call(channel, command, timeout, show_replica)
-    })
-    .await;
+    let code = match args.command {
+        Command::Methods { json } => {
+            let mut out = std::io::stdout().lock();
+            match dynamic::print_methods(&schema, json, &mut out) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Call(call_args) => match prepare(&schema, &call_args) {
+            Ok(prepared) => {
+                cli::run(&args.client, |channel, timeout| {
+                    call(channel, prepared, timeout, show_replica)
+                })
+                .await
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Load(load_args) => match load::Plan::new(&schema, &load_args) {
+            Ok(plan) => {
+                cli::run(&args.client, |channel, timeout| async move {
+                    Ok(load::run(channel, plan, load_args, timeout).await)
+                })
+                .await
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                ExitCode::from(2)
+            }
+        },
+        Command::Health { service } => {
+            cli::run(&args.client, |channel, timeout| {
+                cli::health(channel, service, timeout, show_replica)
+            })
+            .await
+        }
+    };
     telemetry::shutdown();
     code
 }
 
-fn print_item(item: &Item) {
-    println!(
-        "sku={} name={:?} quantity={} updated_by={}",
-        item.sku, item.name, item.quantity, item.updated_by
-    );
+/// Where a call's requests come from.
+enum Requests {
+    /// Parsed before connecting: can be sent again on a retry.
+    Known(Vec<DynamicMessage>),
+    /// Lines of standard input, parsed as they arrive (a bidi call can
+    /// answer each before the next is typed).
+    Stdin,
 }
 
+struct Prepared {
+    method: Method,
+    requests: Requests,
+    metadata: MetadataMap,
+    idempotency: Idempotency,
+}
+
+/// Finds the method and parses what can be parsed before connecting, so
+/// that a typo costs no connection.
+fn prepare(schema: &Schema, args: &CallArgs) -> Result<Prepared, Box<dyn std::error::Error>> {
+    let method = schema.method(&args.method)?;
+    let requests = match (args.request.as_str(), method.kind().client_streams()) {
+        ("-", true) => Requests::Stdin,
+        ("-", false) => {
+            let mut text = String::new();
+            std::io::stdin().read_to_string(&mut text)?;
+            Requests::Known(vec![method.request(text.trim())?])
+        }
+        (json, _) => Requests::Known(vec![method.request(json)?]),
+    };
+    let idempotency = if args.idempotent || method.idempotent() {
+        Idempotency::Idempotent
+    } else {
+        Idempotency::NotIdempotent
+    };
+    let metadata = MetadataMap::from_headers(explain::header_map(&args.headers)?);
+    Ok(Prepared {
+        method,
+        requests,
+        metadata,
+        idempotency,
+    })
+}
+
+/// Makes the call and prints its replies, all within `timeout`: the
+/// client keeps its own deadline (as gRPC's clients do), so a stream that
+/// the server does not end in time still ends here.
 async fn call(
     channel: BalancedChannel,
-    command: Command,
+    prepared: Prepared,
     timeout: Duration,
     show_replica: bool,
 ) -> Result<ExitCode, tonic::Status> {
-    // `--show-replica`: which replica answered, after the result.
-    let replica = |metadata: &tonic::metadata::MetadataMap| {
-        if show_replica {
-            cli::print_replica(metadata);
+    tokio::time::timeout(
+        timeout,
+        call_and_print(channel, prepared, timeout, show_replica),
+    )
+    .await
+    .unwrap_or_else(|_| {
+        Err(tonic::Status::deadline_exceeded(format!(
+            "the call did not end within {} s (--timeout-secs)",
+            timeout.as_secs_f64()
+        )))
+    })
+}
+
+async fn call_and_print(
+    channel: BalancedChannel,
+    prepared: Prepared,
+    timeout: Duration,
+    show_replica: bool,
+) -> Result<ExitCode, tonic::Status> {
+    let Prepared {
+        method,
+        requests,
+        metadata,
+        idempotency,
+    } = prepared;
+    // A line of standard input that is not a valid request ends the stream
+    // there; the call then fails with what was wrong with it.
+    let bad_line: Arc<Mutex<Option<String>>> = Arc::default();
+    let response = match requests {
+        Requests::Known(messages) => {
+            // Only opening the call is retried: replies already printed
+            // cannot be taken back.
+            retry::call(idempotency, || {
+                let stream = tokio_stream::iter(messages.clone());
+                dynamic::call(channel.clone(), &method, stream, timeout, &metadata)
+            })
+            .await
+            .result?
+        }
+        Requests::Stdin => {
+            let lines = LinesStream::new(tokio::io::BufReader::new(tokio::io::stdin()).lines());
+            let (parse_method, bad) = (method.clone(), bad_line.clone());
+            let stream = lines
+                // Blank lines separate nothing; skip them.
+                .filter(|line| line.as_ref().map_or(true, |l| !l.trim().is_empty()))
+                .map_while(move |line| {
+                    let parsed = line
+                        .map_err(|e| format!("reading standard input: {e}"))
+                        .and_then(|l| parse_method.request(&l).map_err(|e| e.to_string()));
+                    parsed
+                        .map_err(|e| *bad.lock().unwrap_or_else(|p| p.into_inner()) = Some(e))
+                        .ok()
+                });
+            dynamic::call(channel.clone(), &method, stream, timeout, &metadata).await?
         }
     };
-    let inventory = InventoryClient::new(channel.clone());
-    // TEMPLATE: one arm per subcommand, each calling one RPC. Reads are
-    // idempotent, so they are retried once on UNAVAILABLE (on another
-    // replica); writes only when the request provably never left
-    // (`retry::retryable`), since a retried write could apply twice.
-    match command {
-        Command::Get { sku } => {
-            let reply = retry::call(Idempotency::Idempotent, || {
-                let mut inventory = inventory.clone();
-                let req = request(GetItemRequest { sku: sku.clone() }, timeout);
-                async move { inventory.get_item(req).await }
-            })
-            .await
-            .result?;
-            print_item(reply.get_ref());
-            replica(reply.metadata());
-        }
-        Command::Put {
-            sku,
-            name,
-            quantity,
-        } => {
-            let item = Item {
-                sku,
-                name,
-                quantity,
-                ..Default::default()
-            };
-            let reply = retry::call(Idempotency::NotIdempotent, || {
-                let mut inventory = inventory.clone();
-                let req = request(
-                    PutItemRequest {
-                        item: Some(item.clone()),
-                    },
-                    timeout,
-                );
-                async move { inventory.put_item(req).await }
-            })
-            .await
-            .result?;
-            print_item(reply.get_ref());
-            replica(reply.metadata());
-        }
-        Command::Purge => {
-            let reply = retry::call(Idempotency::NotIdempotent, || {
-                let mut inventory = inventory.clone();
-                async move { inventory.purge(request(PurgeRequest {}, timeout)).await }
-            })
-            .await
-            .result?;
-            println!("removed={}", reply.get_ref().removed);
-            replica(reply.metadata());
-        }
-        Command::List { prefix } => {
-            // Only opening the stream is retried: items already printed
-            // cannot be taken back.
-            let mut stream = retry::call(Idempotency::Idempotent, || {
-                let mut inventory = inventory.clone();
-                let req = request(
-                    ListItemsRequest {
-                        sku_prefix: prefix.clone(),
-                    },
-                    timeout,
-                );
-                async move { inventory.list_items(req).await }
-            })
-            .await
-            .result?;
-            let metadata = stream.metadata().clone();
-            let stream = stream.get_mut();
-            while let Some(item) = stream.message().await? {
-                print_item(&item);
-            }
-            replica(&metadata);
-        }
-        Command::Import { items } => {
-            let mut parsed = Vec::with_capacity(items.len());
-            for raw in items {
-                let fields: Vec<&str> = raw.splitn(3, ',').collect();
-                let [sku, name, quantity] = fields[..] else {
-                    return Err(tonic::Status::invalid_argument(format!(
-                        "{raw:?}: expected SKU,NAME,QUANTITY"
-                    )));
-                };
-                let quantity = quantity.parse().map_err(|_| {
-                    tonic::Status::invalid_argument(format!("{raw:?}: QUANTITY is not a number"))
-                })?;
-                parsed.push(PutItemRequest {
-                    item: Some(Item {
-                        sku: sku.into(),
-                        name: name.into(),
-                        quantity,
-                        ..Default::default()
-                    }),
-                });
-            }
-            let reply = retry::call(Idempotency::NotIdempotent, || {
-                let mut inventory = inventory.clone();
-                let req = request(tokio_stream::iter(parsed.clone()), timeout);
-                async move { inventory.import_items(req).await }
-            })
-            .await
-            .result?;
-            println!("imported={}", reply.get_ref().imported);
-            replica(reply.metadata());
-        }
-        Command::Load(load_args) => return Ok(load::run(channel, load_args, timeout).await),
-        Command::Health { service } => {
-            return cli::health(channel, service, timeout, show_replica).await
-        }
+    let metadata = response.metadata().clone();
+    let mut replies = response.into_inner();
+    while let Some(reply) = replies.message().await? {
+        println!("{}", dynamic::reply_json(&reply));
+    }
+    if show_replica {
+        cli::print_replica(&metadata);
+    }
+    if let Some(e) = bad_line.lock().unwrap_or_else(|p| p.into_inner()).take() {
+        return Err(tonic::Status::invalid_argument(format!(
+            "standard input: {e} (the request stream was ended there)"
+        )));
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,11 +1,13 @@
 //! The server binary: parse flags, set up logging, serve until SIGINT or
 //! SIGTERM; or, with `policy ...`, check, explain or test a policy offline
-//! against the methods this server serves. Everything else is the kit's.
+//! against the methods this server serves; or, with `methods`, list those
+//! methods. Everything else is the kit's.
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use inventory_service::{services, DEV_IDENTITIES};
+use mtls_kit::client::dynamic;
 use mtls_kit::config::ServerArgs;
 use mtls_kit::policy_cli::{self, PolicyCommand};
 use mtls_kit::replica::ReplicaArgs;
@@ -31,14 +33,27 @@ enum Command {
     /// listener, no certificates), against the methods this server serves.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// List every method this server serves (its own, health, reflection)
+    /// with its call kind and message types. Offline.
+    Methods {
+        /// One JSON document: {"methods": [{"path", "kind",
+        /// "client_streaming", "server_streaming", "input", "output",
+        /// "idempotent"}, ...]}.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let args = Args::parse();
     let mut services = services(&args.server.limits());
-    if let Some(Command::Policy(cmd)) = &args.command {
-        return policy_cli::main(cmd, &services);
+    match &args.command {
+        Some(Command::Policy(cmd)) => return policy_cli::main(cmd, &services),
+        Some(Command::Methods { json }) => {
+            return dynamic::methods_command(&services.descriptor_sets(), *json)
+        }
+        None => {}
     }
     telemetry::init(args.server.log_format);
     if let Err(e) = services.replica_name(args.replica.name().as_deref()) {

@@ -11,10 +11,14 @@ Run by scripts/validate-k8s.sh, which installs the pinned tools first. Checks:
    `kubectl apply`'s default server-side strict field validation). Any other
    kind is an error: nothing goes unvalidated.
 2. identities: the SPIFFE IDs in the Certificates and the principals in the
-   A43 policy (read from the rendered ConfigMap, i.e. what would be deployed)
-   agree, in both directions; each SPIFFE ID is spiffe://<trust domain>/ns/
-   <its namespace>/sa/<a ServiceAccount that exists>; the probe identity may
-   call grpc.health.v1.Health/Check and nothing else.
+   A43 policy (read from the rendered ConfigMap, i.e. what would be deployed:
+   config/policy.json) agree, in both directions: every allow-rule principal
+   matches a client Certificate (deny-rule principals need not), and every
+   client Certificate but the probe's is granted some method beyond health
+   and reflection; each SPIFFE ID is spiffe://<trust domain>/<name>, one
+   trust domain, for a Certificate and a ServiceAccount both named
+   <prefix>-<name>; the probe identity may call the health service (Check,
+   Watch) and nothing else, is allowed Check and not denied it.
 3. wiring: the server's certificate, key, CA bundle and policy paths resolve
    to mounted Secret/ConfigMap keys (no subPath, which would never see a
    renewal); the probes present the probe identity; the grace period covers
@@ -24,6 +28,12 @@ Run by scripts/validate-k8s.sh, which installs the pinned tools first. Checks:
    pod carries the prometheus.io/ scrape annotations for it, and the
    NetworkPolicies admit that port from the `monitoring` namespace and from
    nowhere else (and still admit the gRPC port).
+5. names: namespaces, Service names, other object names and the
+   Certificates' DNS names are what the API server and cert-manager accept
+   (DNS-1123 / DNS-1035), which the schemas do not check.
+6. with --expect-policy config/policy.json: the policy ConfigMap holds that
+   file byte for byte (the deployment's policy is the shipped one, not a
+   copy).
 
 Exits 1 with a list of every problem, 0 with a summary if there is none.
 """
@@ -182,7 +192,27 @@ def validate_schemas(docs: list[dict], crds: dict, k8s_version: str, report: Rep
 
 # ---------------------------------------------------------------- identities
 
-SPIFFE_RE = re.compile(r"^spiffe://([a-z0-9._-]+)/ns/([a-z0-9-]+)/sa/([a-z0-9.-]+)$")
+# A workload's SPIFFE ID is spiffe://<trust domain>/<name>, and its
+# Certificate and ServiceAccount are both named <prefix>-<name>
+# (inventory-reader: spiffe://example.org/reader). This is the form of the
+# development PKI's identities (certs/README.md), because the policy deployed
+# is the shipped one, config/policy.json, which names those. (While the
+# deployment had a policy file of its own, the IDs here were
+# spiffe://<td>/ns/<namespace>/sa/<account>; a flat ID names no namespace or
+# account, so what ties an identity to its account is now the Certificate's
+# name.) <name> is one path segment, a DNS label, so that <prefix>-<name> is
+# a valid ServiceAccount name.
+SPIFFE_RE = re.compile(r"^spiffe://([a-z0-9._-]+)/([a-z0-9](?:[a-z0-9-]*[a-z0-9])?)$")
+# What the probe identity may call: the health service, nothing else. Watch
+# is allowed as well as Check because the shipped policy grants health
+# (both) to every workload of the trust domain, and the probe is one; health
+# tells nothing about the data and changes nothing. Patterns such as
+# /grpc.health.v1.Health/* are refused: they would also cover methods the
+# health service may gain.
+PROBE_MAY_CALL = (HEALTH_CHECK, "/grpc.health.v1.Health/Watch")
+# Services every workload may be granted without that being a sign the policy
+# knows it: a client Certificate must be granted something outside these.
+KIT_SERVICE_PREFIXES = ("/grpc.health.v1.Health/", "/grpc.reflection.")
 
 
 def a43_matches(pattern: str, value: str) -> bool:
@@ -216,6 +246,30 @@ def _rules(policy: dict) -> Iterable[tuple[str, dict]]:
             yield kind, rule
 
 
+def _principals(rule: dict) -> list[str]:
+    return (rule.get("source") or {}).get("principals") or []
+
+
+def _paths(rule: dict) -> list[str]:
+    return (rule.get("request") or {}).get("paths") or []
+
+
+def _applies_to(rule: dict, sid: str) -> bool:
+    """Whether the rule's source admits this SPIFFE ID (no principals: every peer)."""
+    principals = _principals(rule)
+    return not principals or any(a43_matches(p, sid) for p in principals)
+
+
+def _decides(rule: dict, sid: str, path: str) -> bool:
+    """Whether the rule matches a call of `path` by `sid` that sends no
+    metadata (a rule with header conditions never matches such a call: an
+    absent header matches nothing, A43)."""
+    if (rule.get("request") or {}).get("headers"):
+        return False
+    paths = _paths(rule)
+    return _applies_to(rule, sid) and (not paths or any(a43_matches(p, path) for p in paths))
+
+
 def check_identities(docs: list[dict], report: Report, probe_secret: str | None) -> dict:
     certs = [d for d in docs if d.get("kind") == "Certificate" and d.get("apiVersion", "").startswith("cert-manager.io/")]
     sas = {((d.get("metadata") or {}).get("namespace"), (d.get("metadata") or {}).get("name"))
@@ -241,16 +295,17 @@ def check_identities(docs: list[dict], report: Report, probe_secret: str | None)
             continue
         sid = spiffe[0]
         m = SPIFFE_RE.match(sid)
-        ns = (cert.get("metadata") or {}).get("namespace")
+        md = cert.get("metadata") or {}
+        ns, name = md.get("namespace"), md.get("name")
         if not m:
-            report.error(where, f"{sid!r} is not spiffe://<trust domain>/ns/<namespace>/sa/<service account>")
+            report.error(where, f"{sid!r} is not spiffe://<trust domain>/<name> (one path segment: lower-case letters, digits, '-')")
         else:
-            td, id_ns, id_sa = m.groups()
+            td, id_name = m.groups()
             trust_domains.add(td)
-            if id_ns != ns:
-                report.error(where, f"{sid}: names namespace {id_ns!r}, but the Certificate is in {ns!r}")
-            if (id_ns, id_sa) not in sas:
-                report.error(where, f"{sid}: there is no ServiceAccount {id_ns}/{id_sa}")
+            if not str(name).endswith(f"-{id_name}"):
+                report.error(where, f"{sid}: the Certificate (and its ServiceAccount) should be named <prefix>-{id_name}, not {name!r}")
+        if (ns, name) not in sas:
+            report.error(where, f"{sid}: there is no ServiceAccount {ns}/{name} (each Certificate is named after the ServiceAccount of the workload that mounts it)")
         if "client auth" in usages:
             if sid in client_ids:
                 report.error(where, f"{sid} is also the SPIFFE ID of {client_ids[sid]}")
@@ -271,40 +326,53 @@ def check_identities(docs: list[dict], report: Report, probe_secret: str | None)
     if policy is None:
         return {"clients": client_ids, "server": server_ids}
 
-    # Every principal names some client certificate (exactly or by pattern).
-    named: set[str] = set()
+    # Every allow-rule principal names some client certificate (exactly or
+    # by pattern): an allow rule for an identity that has no Certificate here
+    # is a typo or a workload missing from the manifests. Deny-rule
+    # principals are exempt: the shipped policy is also the development one,
+    # and it denies a development identity (`outsider`) that has, and should
+    # have, no Certificate in the cluster; denying an identity that does not
+    # exist here grants nothing and costs nothing.
+    granted: set[str] = set()  # client IDs granted more than the kit's services
     for kind, rule in _rules(policy):
-        for p in ((rule.get("source") or {}).get("principals") or []):
-            hits = {sid for sid in client_ids if a43_matches(p, sid)}
-            if not hits:
+        principals = _principals(rule)
+        for p in principals:
+            if any(a43_matches(p, sid) for sid in client_ids):
+                continue
+            if kind == "deny_rules":
+                report.notes.append(f"{policy_where}: deny rule {rule.get('name')!r}: principal {p!r} has no Certificate here (nothing to deny in this cluster)")
+            else:
                 report.error(policy_where, f"{kind} {rule.get('name')!r}: principal {p!r} matches no client Certificate's SPIFFE ID")
-            if kind == "allow_rules":
-                named |= hits
-    # Every client certificate is named by some allow rule.
+        if kind == "allow_rules":
+            paths = _paths(rule)
+            if not paths or any(not p.startswith(KIT_SERVICE_PREFIXES) for p in paths):
+                granted |= {sid for sid in client_ids if _applies_to(rule, sid)}
+    # Every client certificate but the probe's is granted something of the
+    # service's own API by some allow rule. (It used to be enough to be named
+    # by an allow rule at all; but the shipped policy grants health to
+    # spiffe://<trust domain>/*, which names every Certificate, so a
+    # Certificate for an identity the policy does not know would pass.)
     for sid, where in sorted(client_ids.items()):
-        if sid not in named:
-            report.error(where, f"its SPIFFE ID {sid} is not named by any allow rule of the policy ({policy_where})")
+        if sid != probe_id and sid not in granted:
+            report.error(where, f"its SPIFFE ID {sid} is granted nothing but health and reflection by the policy ({policy_where}): "
+                                "no allow rule names it for the service's own methods")
 
-    # The probe: Health/Check only.
+    # The probe: the health service only; its key sits in every server pod.
     if probe_id:
         for kind, rule in _rules(policy):
-            if kind != "allow_rules":
+            # Conservatively, header conditions are ignored here: whoever
+            # holds the probe's key can send any metadata.
+            if kind != "allow_rules" or not _applies_to(rule, probe_id):
                 continue
-            principals = (rule.get("source") or {}).get("principals") or []
-            applies = not principals or any(a43_matches(p, probe_id) for p in principals)
-            if not applies:
-                continue
-            paths = (rule.get("request") or {}).get("paths") or []
-            if set(paths) != {HEALTH_CHECK}:
-                report.error(policy_where, f"allow rule {rule.get('name')!r} lets the probe identity {probe_id} call {paths or 'every method'}; it may call only {HEALTH_CHECK}")
-        allowed = any(
-            kind == "allow_rules"
-            and any(a43_matches(p, probe_id) for p in ((rule.get("source") or {}).get("principals") or ["*"]))
-            and HEALTH_CHECK in ((rule.get("request") or {}).get("paths") or [HEALTH_CHECK])
-            for kind, rule in _rules(policy)
-        )
-        if not allowed:
+            paths = _paths(rule)
+            if not paths or any(p not in PROBE_MAY_CALL for p in paths):
+                report.error(policy_where, f"allow rule {rule.get('name')!r} lets the probe identity {probe_id} call {paths or 'every method'}; "
+                                           f"it may call only the health service ({', '.join(PROBE_MAY_CALL)})")
+        if not any(k == "allow_rules" and _decides(r, probe_id, HEALTH_CHECK) for k, r in _rules(policy)):
             report.error(policy_where, f"no allow rule lets the probe identity {probe_id} call {HEALTH_CHECK}")
+        for kind, rule in _rules(policy):
+            if kind == "deny_rules" and _decides(rule, probe_id, HEALTH_CHECK):
+                report.error(policy_where, f"deny rule {rule.get('name')!r} denies the probe identity {probe_id} {HEALTH_CHECK}: no pod would ever become ready")
     return {"clients": client_ids, "server": server_ids, "probe": probe_id}
 
 
@@ -656,17 +724,66 @@ def check_rest(docs: list[dict], report: Report) -> None:
             report.error(ref(d), "no metadata.namespace")
 
 
+# What the API server demands of names, which the schemas do not say (so a
+# name such as `order_book` would pass every check above and be refused by
+# the cluster): namespaces are DNS-1123 labels, Services DNS-1035 labels,
+# other objects DNS-1123 subdomains; a certificate's DNS names are host names.
+_DNS1123_LABEL = r"[a-z0-9](?:[-a-z0-9]*[a-z0-9])?"
+DNS1123_LABEL_RE = re.compile(f"^{_DNS1123_LABEL}$")
+DNS1123_SUBDOMAIN_RE = re.compile(f"^{_DNS1123_LABEL}(?:\\.{_DNS1123_LABEL})*$")
+DNS1035_LABEL_RE = re.compile(r"^[a-z](?:[-a-z0-9]*[a-z0-9])?$")
+
+
+def check_names(docs: list[dict], report: Report) -> None:
+    def bad(value, regex, limit) -> bool:
+        return not isinstance(value, str) or len(value) > limit or not regex.match(value)
+
+    for d in docs:
+        md = d.get("metadata") or {}
+        name, ns = md.get("name"), md.get("namespace")
+        if d.get("kind") == "Namespace":
+            if bad(name, DNS1123_LABEL_RE, 63):
+                report.error(ref(d), f"namespace name {name!r} is not a DNS-1123 label (lower-case letters, digits, '-')")
+        elif d.get("kind") == "Service":
+            if bad(name, DNS1035_LABEL_RE, 63):
+                report.error(ref(d), f"Service name {name!r} is not a DNS-1035 label (lower-case letters, digits, '-'; a letter first)")
+        elif bad(name, DNS1123_SUBDOMAIN_RE, 253):
+            report.error(ref(d), f"name {name!r} is not a DNS-1123 subdomain (lower-case letters, digits, '-', '.')")
+        if ns is not None and bad(ns, DNS1123_LABEL_RE, 63):
+            report.error(ref(d), f"metadata.namespace {ns!r} is not a DNS-1123 label")
+        if d.get("kind") == "Certificate":
+            for dns in (d.get("spec") or {}).get("dnsNames") or []:
+                if bad(dns, DNS1123_SUBDOMAIN_RE, 253) or any(len(label) > 63 for label in str(dns).split(".")):
+                    report.error(ref(d), f"dnsName {dns!r} is not a valid host name")
+
+
 # ---------------------------------------------------------------- main
 
 
-def validate(docs: list[dict], crd_dir: str, k8s_version: str) -> Report:
+def check_policy_source(docs: list[dict], report: Report, expected_path: str) -> None:
+    """The deployed policy is the shipped one, byte for byte: config/policy.json
+    reaches the ConfigMap through the config/ base, not through a copy."""
+    with open(expected_path, encoding="utf-8") as f:
+        want = f.read()
+    maps = [d for d in docs if d.get("kind") == "ConfigMap" and "policy.json" in (d.get("data") or {})]
+    if len(maps) != 1:
+        report.error("policy", f"expected one ConfigMap with a policy.json key, found {len(maps)}")
+    for cm in maps:
+        if cm["data"]["policy.json"] != want:
+            report.error(ref(cm), f"policy.json is not {expected_path} as it is (a copy that has drifted?)")
+
+
+def validate(docs: list[dict], crd_dir: str, k8s_version: str, expected_policy: str | None = None) -> Report:
     report = Report()
     docs = [d for d in docs if d]
+    if expected_policy:
+        check_policy_source(docs, report, expected_policy)
     crds = load_crd_schemas(crd_dir)
     validate_schemas(docs, crds, k8s_version, report)
     probe_secret = check_workload(docs, report)
     check_metrics(docs, report)
     check_identities(docs, report, probe_secret)
+    check_names(docs, report)
     check_rest(docs, report)
     return report
 
@@ -676,6 +793,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("rendered", help="output of `kubectl kustomize` (YAML stream), or - for stdin")
     ap.add_argument("--crd-dir", required=True, help="directory of cert-manager CRD YAML files")
     ap.add_argument("--k8s-version", required=True, help="Kubernetes API version to validate against, e.g. 1.35.0")
+    ap.add_argument("--expect-policy", metavar="FILE",
+                    help="the policy file the ConfigMap must hold byte for byte (config/policy.json)")
     args = ap.parse_args(argv)
     text = sys.stdin.read() if args.rendered == "-" else open(args.rendered, encoding="utf-8").read()
     try:
@@ -683,7 +802,7 @@ def main(argv: list[str] | None = None) -> int:
     except yaml.YAMLError as e:
         print(f"FAIL: the rendered manifests are not valid YAML: {e}")
         return 1
-    report = validate(docs, args.crd_dir, args.k8s_version)
+    report = validate(docs, args.crd_dir, args.k8s_version, args.expect_policy)
     for line in report.schema_checked:
         print(f"  schema ok: {line}")
     for line in report.notes:

@@ -1,29 +1,30 @@
 #!/usr/bin/env node
-// Calls the inventory service over mutual TLS from TypeScript (@grpc/grpc-js).
+// Calls any method of a gRPC server over mutual TLS from TypeScript
+// (@grpc/grpc-js), with JSON requests and no generated code: the messages
+// come from the service's .proto files, loaded at run time by
+// @grpc/proto-loader, and the call takes the method's own shape.
 //
 // From the repository root, with the server running:
 //
-//   node examples/node/dist/src/client.js --identity writer put apple-1 Apple 3
-//   node examples/node/dist/src/client.js --identity reader get apple-1
-//   node examples/node/dist/src/client.js --identity reader purge    # PERMISSION_DENIED, exit 1
+//   node examples/node/dist/src/client.js methods
+//   node examples/node/dist/src/client.js --identity reader call /PACKAGE.SERVICE/METHOD '{"field": "value"}'
+//   node examples/node/dist/src/client.js --identity reader health
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { Metadata } from "@grpc/grpc-js";
-import * as inventory from "./inventory/v1/inventory";
-import { codeName, isServiceError, unary } from "./calls";
+import { Client, Metadata } from "@grpc/grpc-js";
+import { call, codeName, isServiceError, shapeName } from "./calls";
 import * as health from "./health";
 import { channel, probe, type MtlsOptions } from "./mtls";
+import { loadMethods, PROTO_DIR } from "./protos";
 
 const USAGE = `usage: client [options] COMMAND [ARGS]
 
 commands:
-  get SKU                      GetItem (read)
-  put SKU NAME QUANTITY        PutItem (write)
-  purge                        Purge (admin)
-  list [--prefix P]            ListItems (server streaming)
-  import SKU,NAME,QTY...       ImportItems (client streaming)
-  health [--service S]         grpc.health.v1 Check; exit 0 only if SERVING
-  handshake                    health, then the TLS parameters a handshake negotiates
+  call METHOD [JSON...]  call /PACKAGE.SERVICE/METHOD with JSON requests (default one {};
+                         several for a client-streaming method); prints each reply as JSON
+  methods                list the methods of the .proto files
+  health [--service S]   grpc.health.v1 Check; exit 0 only if SERVING
+  handshake              health, then the TLS parameters a handshake negotiates
 
 options:
   --addr HOST:PORT       default 127.0.0.1:50051
@@ -32,12 +33,10 @@ options:
   --identity NAME        use CERTS/NAME.pem and CERTS/NAME.key (default reader)
   --cert FILE --key FILE client certificate and key; override --identity
   --ca FILE              CA bundle the server must chain to (default CERTS/ca.pem)
+  --proto-dir DIR        the .proto files (default the repository's proto/)
+  --header 'KEY: VALUE'  request metadata (repeatable)
   --timeout SECONDS      default 10
 `;
-
-function show(item: inventory.Item): void {
-  console.log(`sku=${item.sku} name=${JSON.stringify(item.name)} quantity=${item.quantity} updated_by=${item.updatedBy}`);
-}
 
 async function run(argv: string[]): Promise<number> {
   const { values: o, positionals } = parseArgs({
@@ -51,8 +50,9 @@ async function run(argv: string[]): Promise<number> {
       cert: { type: "string" },
       key: { type: "string" },
       ca: { type: "string" },
+      "proto-dir": { type: "string", default: PROTO_DIR },
+      header: { type: "string", multiple: true, default: [] },
       timeout: { type: "string", default: "10" },
-      prefix: { type: "string", default: "" },
       service: { type: "string", default: "" },
       help: { type: "boolean", short: "h" },
     },
@@ -62,6 +62,10 @@ async function run(argv: string[]): Promise<number> {
     process.stderr.write(USAGE);
     return 2;
   }
+  if (command === "methods") {
+    for (const m of loadMethods(o["proto-dir"]).values()) console.log(`${m.path} (${shapeName(m)})`);
+    return 0;
+  }
   const tlsOptions: MtlsOptions = {
     addr: o.addr!,
     serverName: o["server-name"]!,
@@ -69,45 +73,34 @@ async function run(argv: string[]): Promise<number> {
     key: o.key ?? join(o.certs!, `${o.identity}.key`),
     ca: o.ca ?? join(o.certs!, "ca.pem"),
   };
+  const metadata = new Metadata();
+  for (const h of o.header!) {
+    const i = h.indexOf(":");
+    if (i < 0) throw new Error(`--header ${JSON.stringify(h)} is not 'key: value'`);
+    metadata.add(h.slice(0, i).trim(), h.slice(i + 1).trim());
+  }
   const { creds, options } = channel(tlsOptions);
-  const client = new inventory.InventoryClient(tlsOptions.addr, creds, options);
+  const client = new Client(tlsOptions.addr, creds, options);
   const deadline = new Date(Date.now() + Number(o.timeout) * 1000);
   try {
     switch (command) {
-      case "get":
-        show(await unary(client.getItem.bind(client), { sku: args[0] ?? "" }, deadline));
-        break;
-      case "put": {
-        const [sku, name, quantity] = args;
-        if (quantity === undefined || !/^-?\d+$/.test(quantity)) throw new Error("put SKU NAME QUANTITY");
-        show(await unary(client.putItem.bind(client), { item: { sku, name, quantity: Number(quantity), updatedBy: "" } }, deadline));
-        break;
-      }
-      case "purge":
-        console.log(`removed=${(await unary(client.purge.bind(client), {}, deadline)).removed}`);
-        break;
-      case "list":
-        for await (const item of client.listItems({ skuPrefix: o.prefix! }, new Metadata(), { deadline })) {
-          show(item as inventory.Item);
+      case "call": {
+        const [path, ...jsons] = args;
+        const method = path && loadMethods(o["proto-dir"]).get(path.startsWith("/") ? path : `/${path}`);
+        if (!method) throw new Error(`call METHOD [JSON...]: ${path ?? "no method"} is not in the .proto files (see: methods)`);
+        const requests = (jsons.length ? jsons : ["{}"]).map((text) => JSON.parse(text) as object);
+        const outcome = await call(client, method, requests, metadata, { deadline }, (reply) =>
+          console.log(JSON.stringify(reply)),
+        );
+        if (outcome.code !== 0) {
+          console.error(`error: ${codeName(outcome.code)}: ${outcome.details}`);
+          return 1;
         }
-        break;
-      case "import": {
-        const items = args.map((raw) => {
-          const [sku, name, quantity] = raw.split(",");
-          if (quantity === undefined || !/^-?\d+$/.test(quantity)) throw new Error(`${raw}: expected SKU,NAME,QUANTITY`);
-          return { sku, name, quantity: Number(quantity), updatedBy: "" };
-        });
-        const summary = await new Promise<inventory.ImportSummary>((resolve, reject) => {
-          const stream = client.importItems(new Metadata(), { deadline }, (err, res) => (err ? reject(err) : resolve(res)));
-          for (const item of items) stream.write({ item });
-          stream.end();
-        });
-        console.log(`imported=${summary.imported}`);
-        break;
+        return 0;
       }
       case "health":
       case "handshake": {
-        const serving = await health.check(client, o.service!, deadline);
+        const serving = await health.check(client, o.service!, deadline, metadata);
         console.log(serving);
         if (command === "handshake") {
           const n = await probe(tlsOptions);
@@ -126,7 +119,6 @@ async function run(argv: string[]): Promise<number> {
   } finally {
     client.close();
   }
-  return 0;
 }
 
 run(process.argv.slice(2)).then((code) => process.exit(code));

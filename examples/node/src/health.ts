@@ -7,7 +7,7 @@ import { type Client, Metadata, type ServiceError } from "@grpc/grpc-js";
 const STATUS = ["UNKNOWN", "SERVING", "NOT_SERVING", "SERVICE_UNKNOWN"];
 
 /** Check `service` ("" for the whole server); resolves to e.g. "SERVING". */
-export function check(client: Client, service: string, deadline: Date): Promise<string> {
+export function check(client: Client, service: string, deadline: Date, metadata = new Metadata()): Promise<string> {
   return new Promise((resolve, reject) => {
     client.makeUnaryRequest(
       "/grpc.health.v1.Health/Check",
@@ -23,7 +23,7 @@ export function check(client: Client, service: string, deadline: Date): Promise<
         return STATUS[status] ?? String(status);
       },
       service,
-      new Metadata(),
+      metadata,
       { deadline },
       (err: ServiceError | null, value?: string) => (err ? reject(err) : resolve(value!)),
     );

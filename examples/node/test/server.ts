@@ -12,7 +12,7 @@ export const ROOT = resolve(HERE, "..", "..");
 /** The built binaries: MTLS_BIN_DIR, else ROOT/target/debug. */
 export const BIN = process.env.MTLS_BIN_DIR ?? join(ROOT, "target", "debug");
 
-/** Makes a PKI in dir: ca.pem, server.pem/key, reader, writer, admin, outsider. */
+/** Makes a PKI in dir: ca.pem, server.pem/key, and NAME.pem/key for each development identity. */
 export function makePki(dir: string): string {
   execFileSync(join(BIN, "certs"), ["--dir", dir, "init"], { stdio: "pipe" });
   return dir;

@@ -1,15 +1,15 @@
-//! `client load`: a steady stream of reads and writes through the balancing
-//! client, for watching replicas come and go. It prints a JSON line of
-//! running totals every `--report-secs` and a final one when it stops
-//! (SIGTERM, SIGINT or `--duration-secs`), then the same totals for people.
+//! `client load`: a steady rate of calls through the balancing client, for
+//! watching replicas come and go. It prints a JSON line of running totals
+//! every `--report-secs` and a final one when it stops (SIGTERM, SIGINT,
+//! `--duration-secs` or `--count`), then the same totals for people.
 //!
-//! Each replica of the example keeps its own in-memory inventory, so a read
-//! may find nothing where the write went elsewhere: NOT_FOUND is an answer
-//! (the service handled the call) and counts as a success. Every other
-//! error counts as a failure.
-//!
-//! TEMPLATE: replace the two calls in `one_call` with your own read and
-//! write.
+//! Each call goes to `--method` (a read: retried once on UNAVAILABLE), or,
+//! for `--write-percent` of them spread evenly, to `--write-method` (a
+//! write: retried only when it provably never left). Both default to
+//! nothing the service defines: with no flags, the load is health checks.
+//! Besides OK, the codes given with `--answer` (default NOT_FOUND: one
+//! replica of an in-memory service may not hold what another stored) count
+//! as the service's answer; every other status is a failure.
 
 use std::collections::BTreeMap;
 use std::process::ExitCode;
@@ -17,9 +17,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use inventory_service::proto::inventory_client::InventoryClient;
-use inventory_service::proto::{GetItemRequest, Item, PutItemRequest};
-use mtls_kit::client::cli::request;
+use mtls_kit::client::cli::parse_code;
+use mtls_kit::client::dynamic::{self, CallKind, DynamicMessage, Method, Schema};
 use mtls_kit::client::retry::{self, Idempotency};
 use mtls_kit::client::BalancedChannel;
 use mtls_kit::client::{code_name, describe_error};
@@ -31,22 +30,103 @@ use tonic::Code;
 /// `client load` flags.
 #[derive(clap::Args, Debug, Clone)]
 pub struct LoadArgs {
-    /// RPCs started per second, reads and writes together.
+    /// The method most calls go to (unary; a read, retried once on
+    /// UNAVAILABLE). Any name `call` accepts.
+    #[arg(
+        long,
+        env = "LOAD_METHOD",
+        default_value = "/grpc.health.v1.Health/Check"
+    )]
+    pub method: String,
+    /// Its request, as JSON.
+    #[arg(long, env = "LOAD_REQUEST", default_value = "{}")]
+    pub request: String,
+    /// The method the writes go to (unary; retried only when the request
+    /// provably never left, unless the proto marks it idempotent).
+    #[arg(long, env = "LOAD_WRITE_METHOD")]
+    pub write_method: Option<String>,
+    /// Its request, as JSON.
+    #[arg(long, env = "LOAD_WRITE_REQUEST", default_value = "{}")]
+    pub write_request: String,
+    /// Percentage of the calls that go to --write-method, spread evenly.
+    #[arg(long, env = "LOAD_WRITE_PERCENT", default_value_t = 0, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub write_percent: u8,
+    /// Besides OK, a status that counts as the service's answer rather than
+    /// a failure (repeatable, or comma-separated).
+    #[arg(long = "answer", env = "LOAD_ANSWER", value_delimiter = ',', default_value = "NOT_FOUND", value_parser = parse_code)]
+    pub answers: Vec<Code>,
+    /// Calls started per second.
     #[arg(long, env = "LOAD_RATE", default_value_t = 200)]
     pub rate: u32,
-    /// Percentage of the RPCs that are writes (PutItem); the rest are reads
-    /// (GetItem).
-    #[arg(long, env = "LOAD_WRITE_PERCENT", default_value_t = 50, value_parser = clap::value_parser!(u8).range(0..=100))]
-    pub write_percent: u8,
     /// Stop after this many seconds; 0 runs until SIGTERM or SIGINT.
     #[arg(long, env = "LOAD_DURATION_SECS", default_value_t = 0)]
     pub duration_secs: u64,
+    /// Stop after starting this many calls; 0 for no limit.
+    #[arg(long, env = "LOAD_COUNT", default_value_t = 0)]
+    pub count: u64,
     /// Print running totals (one JSON line) this often; 0 only at the end.
     #[arg(long, env = "LOAD_REPORT_SECS", default_value_t = 1)]
     pub report_secs: u64,
-    /// RPCs in flight at most; past it, the rate drops rather than piling up.
+    /// Calls in flight at most; past it, the rate drops rather than piling
+    /// up.
     #[arg(long, env = "LOAD_MAX_IN_FLIGHT", default_value_t = 64)]
     pub max_in_flight: u32,
+}
+
+/// One kind of call of the mix: a method and its request.
+#[derive(Clone)]
+struct Target {
+    method: Method,
+    request: DynamicMessage,
+    idempotency: Idempotency,
+}
+
+/// What the load calls, checked before connecting.
+pub struct Plan {
+    read: Target,
+    write: Option<Target>,
+}
+
+impl Plan {
+    pub fn new(schema: &Schema, args: &LoadArgs) -> Result<Self, String> {
+        let target = |name: &str, json: &str, read: bool| -> Result<Target, String> {
+            let method = schema.method(name).map_err(|e| e.to_string())?;
+            if method.kind() != CallKind::Unary {
+                return Err(format!(
+                    "load calls unary methods; {} is {}",
+                    method.path(),
+                    method.kind()
+                ));
+            }
+            let request = method.request(json).map_err(|e| e.to_string())?;
+            let idempotency = if read || method.idempotent() {
+                Idempotency::Idempotent
+            } else {
+                Idempotency::NotIdempotent
+            };
+            Ok(Target {
+                method,
+                request,
+                idempotency,
+            })
+        };
+        let write = match (&args.write_method, args.write_percent) {
+            (Some(m), _) => Some(target(m, &args.write_request, false)?),
+            (None, 0) => None,
+            (None, p) => return Err(format!("--write-percent {p} needs --write-method")),
+        };
+        Ok(Self {
+            read: target(&args.method, &args.request, true)?,
+            write,
+        })
+    }
+}
+
+/// Whether call `n` (from 0) is a write: `percent` of every 100 calls,
+/// spread evenly rather than in a block.
+fn is_write(n: u64, percent: u8) -> bool {
+    let p = u64::from(percent);
+    (n + 1) * p / 100 > n * p / 100
 }
 
 /// Running totals, shared by the calls.
@@ -114,8 +194,14 @@ fn json_string(s: &str) -> String {
     out
 }
 
-pub async fn run(channel: BalancedChannel, args: LoadArgs, timeout: Duration) -> ExitCode {
-    let client = InventoryClient::new(channel);
+pub async fn run(
+    channel: BalancedChannel,
+    plan: Plan,
+    args: LoadArgs,
+    timeout: Duration,
+) -> ExitCode {
+    let plan = Arc::new(plan);
+    let answers: Arc<[Code]> = args.answers.clone().into();
     let totals = Arc::new(Totals::default());
     let slots = Arc::new(Semaphore::new(args.max_in_flight.max(1) as usize));
     let started = Instant::now();
@@ -128,7 +214,7 @@ pub async fn run(channel: BalancedChannel, args: LoadArgs, timeout: Duration) ->
     tokio::pin!(stop);
 
     let mut n: u64 = 0;
-    loop {
+    while args.count == 0 || n < args.count {
         tokio::select! {
             () = &mut stop => break,
             _ = ticks.tick() => {}
@@ -136,14 +222,17 @@ pub async fn run(channel: BalancedChannel, args: LoadArgs, timeout: Duration) ->
         let Ok(slot) = slots.clone().acquire_owned().await else {
             break;
         };
-        let write = n % 100 < u64::from(args.write_percent);
+        let target = match &plan.write {
+            Some(write) if is_write(n, args.write_percent) => write.clone(),
+            _ => plan.read.clone(),
+        };
         let in_flight = totals.in_flight.fetch_add(1, Ordering::Relaxed) + 1;
         totals
             .peak_in_flight
             .fetch_max(in_flight, Ordering::Relaxed);
-        let (client, call_totals) = (client.clone(), totals.clone());
+        let (channel, call_totals, answers) = (channel.clone(), totals.clone(), answers.clone());
         tokio::spawn(async move {
-            one_call(client, n, write, timeout, &call_totals).await;
+            one_call(channel, target, timeout, &answers, &call_totals).await;
             call_totals.in_flight.fetch_sub(1, Ordering::Relaxed);
             drop(slot);
         });
@@ -178,52 +267,30 @@ pub async fn run(channel: BalancedChannel, args: LoadArgs, timeout: Duration) ->
     }
 }
 
-/// One read or write, retried as the kit's retry rules allow.
+/// One call, retried as the kit's retry rules allow.
 async fn one_call(
-    client: InventoryClient<BalancedChannel>,
-    n: u64,
-    write: bool,
+    channel: BalancedChannel,
+    target: Target,
     timeout: Duration,
+    answers: &[Code],
     totals: &Totals,
 ) {
-    // A small key space, so reads often find what writes left.
-    let sku = format!("load-{}", n % 1000);
-    let outcome = if write {
-        let item = Item {
-            sku,
-            name: "load".into(),
-            quantity: (n % 100) as i64,
-            ..Default::default()
-        };
-        let out = retry::call(Idempotency::NotIdempotent, || {
-            let mut client = client.clone();
-            let req = request(
-                PutItemRequest {
-                    item: Some(item.clone()),
-                },
-                timeout,
-            );
-            async move { client.put_item(req).await }
-        })
-        .await;
-        (out.retries, out.result.map(|r| r.metadata().clone()))
-    } else {
-        let out = retry::call(Idempotency::Idempotent, || {
-            let mut client = client.clone();
-            let req = request(GetItemRequest { sku: sku.clone() }, timeout);
-            async move { client.get_item(req).await }
-        })
-        .await;
-        (out.retries, out.result.map(|r| r.metadata().clone()))
-    };
-    let (retries, result) = outcome;
+    let out = retry::call(target.idempotency, || {
+        dynamic::unary(
+            channel.clone(),
+            &target.method,
+            target.request.clone(),
+            timeout,
+        )
+    })
+    .await;
     totals.rpcs.fetch_add(1, Ordering::Relaxed);
     totals
         .retries
-        .fetch_add(u64::from(retries), Ordering::Relaxed);
-    match result {
-        Ok(metadata) => totals.answered(&metadata),
-        Err(status) if status.code() == Code::NotFound => totals.answered(status.metadata()),
+        .fetch_add(u64::from(out.retries), Ordering::Relaxed);
+    match out.result {
+        Ok(reply) => totals.answered(reply.metadata()),
+        Err(status) if answers.contains(&status.code()) => totals.answered(status.metadata()),
         Err(status) => {
             totals.failures.fetch_add(1, Ordering::Relaxed);
             *totals
@@ -236,7 +303,7 @@ async fn one_call(
                 .map(describe_error)
                 .unwrap_or_default();
             tracing::warn!(
-                write,
+                method = target.method.path(),
                 code = code_name(status.code()),
                 message = status.message(),
                 cause,
@@ -257,5 +324,30 @@ async fn stop_signal(secs: u64) {
     tokio::select! {
         () = mtls_kit::app::shutdown_signal() => {}
         () = timer => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_write;
+
+    #[test]
+    fn writes_are_spread_evenly() {
+        for percent in [0u8, 1, 10, 33, 50, 99, 100] {
+            let writes: Vec<bool> = (0..200).map(|n| is_write(n, percent)).collect();
+            // Exactly the share asked for, in every block of 100 calls.
+            for block in writes.chunks(100) {
+                let count = block.iter().filter(|w| **w).count();
+                assert_eq!(count, usize::from(percent), "{percent}%");
+            }
+            // Never a run of writes longer than the share requires.
+            let longest = writes.split(|w| !*w).map(<[bool]>::len).max().unwrap_or(0);
+            let allowed = if percent == 100 {
+                200
+            } else {
+                100 / (100 - usize::from(percent)) + 1
+            };
+            assert!(longest <= allowed, "{percent}%: a run of {longest} writes");
+        }
     }
 }

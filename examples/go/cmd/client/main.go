@@ -1,10 +1,14 @@
-// Command client calls the inventory service over mutual TLS from Go.
+// Command client calls any method of a gRPC server over mutual TLS from
+// Go, with JSON requests and no generated code: the messages are built at
+// run time (dynamicpb) from a descriptor set made by protoc from the
+// service's .proto files, and the call takes the method's own shape.
 //
 // From the repository root, with the server running:
 //
-//	go run ./examples/go/cmd/client --identity writer put apple-1 Apple 3
-//	go run ./examples/go/cmd/client --identity reader get apple-1
-//	go run ./examples/go/cmd/client --identity reader purge   # PERMISSION_DENIED, exit 1
+//	protoc -I proto --include_imports --descriptor_set_out=/tmp/api.protoset $(find proto -name '*.proto')
+//	go run ./examples/go/cmd/client --protoset /tmp/api.protoset methods
+//	go run ./examples/go/cmd/client --protoset /tmp/api.protoset call /PACKAGE.SERVICE/METHOD '{"field": "value"}'
+//	go run ./examples/go/cmd/client --identity reader health
 //
 // (or build it first; see examples/go/README.md for the offline GOPATH way).
 package main
@@ -14,39 +18,42 @@ import (
 	"crypto/tls"
 	"flag"
 	"fmt"
-	"io"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/types/dynamicpb"
 
+	"example.org/mtls-template/examples/go/dyncall"
 	"example.org/mtls-template/examples/go/mtls"
-
-	// The generated package, in a group of its own so that renaming it
-	// keeps gofmt's import order.
-	inventory "example.org/mtls-template/examples/go/inventory/v1"
 )
 
 const usage = `usage: client [flags] COMMAND [ARGS]
 
 commands:
-  get SKU                      GetItem (read)
-  put SKU NAME QUANTITY        PutItem (write)
-  purge                        Purge (admin)
-  list [--prefix P]            ListItems (server streaming)
-  import SKU,NAME,QTY...       ImportItems (client streaming)
+  call METHOD [JSON...]        call /PACKAGE.SERVICE/METHOD with JSON requests (default
+                               one {}; several for a client-streaming method); prints
+                               each reply as a JSON line
+  methods                      list the methods of the --protoset files
   health [--service S]         grpc.health.v1 Check; exit 0 only if SERVING
   handshake                    health, then print the negotiated TLS parameters
 
 flags:
 `
+
+// repeated is a flag that may be given more than once.
+type repeated []string
+
+func (r *repeated) String() string     { return strings.Join(*r, ", ") }
+func (r *repeated) Set(v string) error { *r = append(*r, v); return nil }
 
 func main() {
 	os.Exit(run(os.Args[1:]))
@@ -63,6 +70,9 @@ func run(argv []string) int {
 	key := flags.String("key", "", "client private key (PEM); overrides --identity")
 	ca := flags.String("ca", "", "CA bundle the server must chain to (default CERTS/ca.pem)")
 	timeout := flags.Duration("timeout", 10*time.Second, "deadline for the call")
+	var protosets, headers repeated
+	flags.Var(&protosets, "protoset", "FileDescriptorSet file (protoc --include_imports --descriptor_set_out); repeatable")
+	flags.Var(&headers, "header", "request metadata, 'key: value'; repeatable")
 	if err := flags.Parse(argv); err != nil {
 		return 2
 	}
@@ -71,6 +81,27 @@ func run(argv []string) int {
 		flags.Usage()
 		return 2
 	}
+	descriptors, err := dyncall.LoadDescriptorSets(protosets...)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "error:", err)
+		return 2
+	}
+	if args[0] == "methods" {
+		for _, m := range descriptors.Methods() {
+			desc, _ := descriptors.Method(m)
+			fmt.Printf("%s (%s)\n", m, dyncall.ShapeOf(desc))
+		}
+		return 0
+	}
+	md := metadata.MD{}
+	for _, h := range headers {
+		i := strings.Index(h, ":")
+		if i < 0 {
+			fmt.Fprintf(os.Stderr, "error: --header %q is not 'key: value'\n", h)
+			return 2
+		}
+		md.Append(strings.TrimSpace(h[:i]), strings.TrimSpace(h[i+1:]))
+	}
 	o := mtls.Options{
 		Addr:       *addr,
 		ServerName: *serverName,
@@ -78,7 +109,7 @@ func run(argv []string) int {
 		Key:        orDefault(*key, filepath.Join(*certs, *identity+".key")),
 		CA:         orDefault(*ca, filepath.Join(*certs, "ca.pem")),
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), *timeout)
+	ctx, cancel := context.WithTimeout(metadata.NewOutgoingContext(context.Background(), md), *timeout)
 	defer cancel()
 	conn, err := mtls.Dial(ctx, o)
 	if err != nil {
@@ -86,7 +117,7 @@ func run(argv []string) int {
 		return 1
 	}
 	defer conn.Close()
-	if err := call(ctx, conn, args[0], args[1:]); err != nil {
+	if err := command(ctx, conn, descriptors, args[0], args[1:]); err != nil {
 		if s, ok := status.FromError(err); ok {
 			fmt.Fprintf(os.Stderr, "error: %s: %s\n", mtls.CodeName(s.Code()), s.Message())
 		} else {
@@ -97,91 +128,15 @@ func run(argv []string) int {
 	return 0
 }
 
-func call(ctx context.Context, conn *mtls.Conn, command string, args []string) error {
-	stub := inventory.NewInventoryClient(conn)
-	switch command {
-	case "get":
-		if len(args) != 1 {
-			return fmt.Errorf("get SKU")
-		}
-		item, err := stub.GetItem(ctx, &inventory.GetItemRequest{Sku: args[0]})
-		if err == nil {
-			show(item)
-		}
-		return err
-	case "put":
-		if len(args) != 3 {
-			return fmt.Errorf("put SKU NAME QUANTITY")
-		}
-		quantity, err := strconv.ParseInt(args[2], 10, 64)
-		if err != nil {
-			return fmt.Errorf("QUANTITY %q is not a number", args[2])
-		}
-		item, err := stub.PutItem(ctx, &inventory.PutItemRequest{
-			Item: &inventory.Item{Sku: args[0], Name: args[1], Quantity: quantity},
-		})
-		if err == nil {
-			show(item)
-		}
-		return err
-	case "purge":
-		reply, err := stub.Purge(ctx, &inventory.PurgeRequest{})
-		if err == nil {
-			fmt.Printf("removed=%d\n", reply.Removed)
-		}
-		return err
-	case "list":
-		sub := flag.NewFlagSet("list", flag.ContinueOnError)
-		prefix := sub.String("prefix", "", "SKU prefix; empty lists every item")
-		if err := sub.Parse(args); err != nil {
-			return err
-		}
-		stream, err := stub.ListItems(ctx, &inventory.ListItemsRequest{SkuPrefix: *prefix})
-		if err != nil {
-			return err
-		}
-		for {
-			item, err := stream.Recv()
-			if err == io.EOF {
-				return nil
-			}
-			if err != nil {
-				return err
-			}
-			show(item)
-		}
-	case "import":
+func command(ctx context.Context, conn *mtls.Conn, descriptors *dyncall.Descriptors, name string, args []string) error {
+	switch name {
+	case "call":
 		if len(args) == 0 {
-			return fmt.Errorf("import SKU,NAME,QUANTITY...")
+			return fmt.Errorf("call METHOD [JSON...]")
 		}
-		var items []*inventory.Item
-		for _, raw := range args {
-			parts := strings.SplitN(raw, ",", 3)
-			if len(parts) != 3 {
-				return fmt.Errorf("%q: expected SKU,NAME,QUANTITY", raw)
-			}
-			quantity, err := strconv.ParseInt(parts[2], 10, 64)
-			if err != nil {
-				return fmt.Errorf("%q: QUANTITY is not a number", raw)
-			}
-			items = append(items, &inventory.Item{Sku: parts[0], Name: parts[1], Quantity: quantity})
-		}
-		stream, err := stub.ImportItems(ctx)
-		if err != nil {
-			return err
-		}
-		for _, item := range items {
-			if err := stream.Send(&inventory.PutItemRequest{Item: item}); err != nil {
-				break // the status comes from CloseAndRecv
-			}
-		}
-		reply, err := stream.CloseAndRecv()
-		if err == nil {
-			fmt.Printf("imported=%d\n", reply.Imported)
-		}
-		return err
+		return call(ctx, conn, descriptors, args[0], args[1:])
 	case "health", "handshake":
-		sub := flag.NewFlagSet(command, flag.ContinueOnError)
+		sub := flag.NewFlagSet(name, flag.ContinueOnError)
 		service := sub.String("service", "", "service to check; empty for the server as a whole")
 		if err := sub.Parse(args); err != nil {
 			return err
@@ -192,7 +147,7 @@ func call(ctx context.Context, conn *mtls.Conn, command string, args []string) e
 			return err
 		}
 		fmt.Println(reply.Status)
-		if command == "handshake" {
+		if name == "handshake" {
 			printHandshake(conn, &p)
 		}
 		if reply.Status != healthpb.HealthCheckResponse_SERVING {
@@ -200,7 +155,39 @@ func call(ctx context.Context, conn *mtls.Conn, command string, args []string) e
 		}
 		return nil
 	}
-	return fmt.Errorf("unknown command %q (try -h)", command)
+	return fmt.Errorf("unknown command %q (try -h)", name)
+}
+
+// call sends JSON requests (one {} by default) to any method and prints
+// each reply as JSON.
+func call(ctx context.Context, conn *mtls.Conn, descriptors *dyncall.Descriptors, path string, jsons []string) error {
+	method, err := descriptors.Method(path)
+	if err != nil {
+		return err
+	}
+	if len(jsons) == 0 {
+		jsons = []string{"{}"}
+	}
+	var requests []interface{}
+	for _, text := range jsons {
+		request := dynamicpb.NewMessage(method.Input())
+		if err := protojson.Unmarshal([]byte(text), request); err != nil {
+			return fmt.Errorf("request %s: not a %s: %v", text, method.Input().FullName(), err)
+		}
+		requests = append(requests, request)
+	}
+	if !strings.HasPrefix(path, "/") {
+		path = "/" + path
+	}
+	return dyncall.Call(ctx, conn, path, dyncall.ShapeOf(method), requests,
+		func() interface{} { return dynamicpb.NewMessage(method.Output()) },
+		func(reply interface{}) error {
+			text, err := protojson.Marshal(reply.(*dynamicpb.Message))
+			if err == nil {
+				fmt.Println(string(text))
+			}
+			return err
+		})
 }
 
 func printHandshake(conn *mtls.Conn, p *peer.Peer) {
@@ -215,10 +202,6 @@ func printHandshake(conn *mtls.Conn, p *peer.Peer) {
 		fmt.Printf(" group=%s hello_retry=%v", mtls.GroupName(hello.Group), hello.RetryRequest)
 	}
 	fmt.Println()
-}
-
-func show(item *inventory.Item) {
-	fmt.Printf("sku=%s name=%q quantity=%d updated_by=%s\n", item.Sku, item.Name, item.Quantity, item.UpdatedBy)
 }
 
 func orDefault(value, fallback string) string {
