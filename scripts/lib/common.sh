@@ -10,10 +10,11 @@ install_debs() {
     dpkg-query -W -f='${Status}\n' "$p" 2>/dev/null | grep -q '^install ok installed$' || missing+=("$p")
   done
   [ ${#missing[@]} -gt 0 ] || return 0
-  echo "[$(basename "$0")] installing ${missing[*]} from Debian's packages" >&2
+  echo "[$(basename "$0")] installing ${missing[*]} from Debian's packages (not installed yet)" >&2
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Wait for another apt (say, unattended upgrades) rather than fail at once.
+  apt-get -o DPkg::Lock::Timeout=300 update -qq
+  apt-get -o DPkg::Lock::Timeout=300 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 }
 
 # need_python_venv: the venv module with pip (Debian splits it out).

@@ -1,6 +1,16 @@
 //! The client's deadline, enforced on the server: an RPC whose
-//! `grpc-timeout` passes before the handler answers ends with
-//! `DEADLINE_EXCEEDED`, and the handler's future is dropped (cancelled).
+//! `grpc-timeout` passes ends with `DEADLINE_EXCEEDED`, whatever its kind.
+//!
+//! * Before the handler answers: the answer is a trailers-only
+//!   DEADLINE_EXCEEDED, and the handler's future is dropped (cancelled).
+//! * After it answers with a stream (server or bidi streaming): the reply
+//!   stream is cut at the deadline, DEADLINE_EXCEEDED goes out in the
+//!   trailers, and the handler's stream is dropped (and with it whatever
+//!   it holds, the request stream included).
+//!
+//! So a client that does not enforce its own deadline (a bug, or an
+//! attacker) cannot hold a handler past it, as gRPC's C++, Go and Java
+//! servers also ensure.
 //!
 //! tonic's own `Server` does this in a private layer; the kit serves each
 //! connection with hyper directly (see [`crate::connections`]), so it needs
@@ -91,7 +101,15 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
         let this = self.project();
         if let Poll::Ready(out) = this.inner.poll(cx) {
-            return Poll::Ready(out);
+            // The deadline goes on with the reply's body: a stream is cut
+            // there. A reply already complete in its headers (a status
+            // only) has nothing left to cut.
+            return Poll::Ready(out.map(|response| match this.sleep.take() {
+                Some(sleep) if !response.headers().contains_key("grpc-status") => {
+                    response.map(|body| tonic::body::Body::new(DeadlineBody::new(body, sleep)))
+                }
+                _ => response,
+            }));
         }
         let expired = match this.sleep {
             Some(sleep) => sleep.as_mut().poll(cx).is_ready(),
@@ -103,6 +121,71 @@ where
             ));
         }
         Poll::Pending
+    }
+}
+
+/// A reply body cut at the deadline: until then it is the handler's; at
+/// the deadline the handler's body is dropped and the trailers say
+/// DEADLINE_EXCEEDED.
+struct DeadlineBody {
+    /// The handler's body; `None` once it has ended or been cut.
+    inner: Option<tonic::body::Body>,
+    sleep: Pin<Box<Sleep>>,
+}
+
+impl DeadlineBody {
+    fn new(inner: tonic::body::Body, sleep: Pin<Box<Sleep>>) -> Self {
+        Self {
+            inner: Some(inner),
+            sleep,
+        }
+    }
+}
+
+impl http_body::Body for DeadlineBody {
+    type Data = bytes::Bytes;
+    type Error = tonic::Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
+        let Some(inner) = self.inner.as_mut() else {
+            return Poll::Ready(None);
+        };
+        // What the handler has ready goes first, even at the deadline.
+        match Pin::new(inner).poll_frame(cx) {
+            Poll::Ready(frame) => {
+                if matches!(frame, None | Some(Err(_))) {
+                    self.inner = None;
+                }
+                return Poll::Ready(frame);
+            }
+            Poll::Pending => {}
+        }
+        if self.sleep.as_mut().poll(cx).is_pending() {
+            return Poll::Pending;
+        }
+        // Dropping the body drops the handler's stream.
+        self.inner = None;
+        let mut trailers = http::HeaderMap::new();
+        tonic::Status::deadline_exceeded("deadline exceeded")
+            .add_header(&mut trailers)
+            .map_err(|e| tonic::Status::internal(format!("deadline trailers: {e}")))?;
+        Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner
+            .as_ref()
+            .is_none_or(http_body::Body::is_end_stream)
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.as_ref().map_or_else(
+            || http_body::SizeHint::with_exact(0),
+            http_body::Body::size_hint,
+        )
     }
 }
 
@@ -129,6 +212,72 @@ mod tests {
             h.insert("grpc-timeout", http::HeaderValue::from_static(bad));
             assert_eq!(grpc_timeout(&h), None, "{bad:?}");
         }
+    }
+
+    /// A reply stream that sends one message, then waits forever; it says
+    /// when it is dropped.
+    struct Endless {
+        sent: bool,
+        dropped: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    }
+
+    impl http_body::Body for Endless {
+        type Data = bytes::Bytes;
+        type Error = tonic::Status;
+        fn poll_frame(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, tonic::Status>>> {
+            if self.sent {
+                return Poll::Pending;
+            }
+            self.sent = true;
+            Poll::Ready(Some(Ok(http_body::Frame::data(bytes::Bytes::from_static(
+                b"message",
+            )))))
+        }
+    }
+
+    impl Drop for Endless {
+        fn drop(&mut self) {
+            self.dropped
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_reply_stream_is_cut_at_the_deadline_and_dropped() {
+        use http_body_util::BodyExt;
+        use tower::{Layer, ServiceExt};
+        let dropped = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let handler_dropped = dropped.clone();
+        let streaming = tower::service_fn(move |_: http::Request<()>| {
+            let body = Endless {
+                sent: false,
+                dropped: handler_dropped.clone(),
+            };
+            async move {
+                Ok::<_, std::convert::Infallible>(http::Response::new(tonic::body::Body::new(body)))
+            }
+        });
+        let mut req = http::Request::builder().uri("/s").body(()).unwrap();
+        req.headers_mut()
+            .insert("grpc-timeout", http::HeaderValue::from_static("300m"));
+        let mut body = DeadlineLayer
+            .layer(streaming)
+            .oneshot(req)
+            .await
+            .unwrap()
+            .into_body();
+        let first = body.frame().await.unwrap().unwrap();
+        assert_eq!(first.into_data().unwrap(), "message");
+        assert!(!dropped.load(std::sync::atomic::Ordering::SeqCst));
+        // The stream never ends by itself: the deadline ends it.
+        let last = body.frame().await.unwrap().unwrap();
+        let trailers = last.into_trailers().unwrap();
+        assert_eq!(trailers["grpc-status"], "4");
+        assert!(dropped.load(std::sync::atomic::Ordering::SeqCst));
+        assert!(body.frame().await.is_none());
     }
 
     #[tokio::test(start_paused = true)]

@@ -91,9 +91,15 @@ where
             // `grpc-status` among the headers: a trailers-only answer, the
             // whole RPC is over. An unread body comes back only if the inner
             // service dropped it before its end.
-            if response.headers().contains_key(GRPC_STATUS) {
-                if let Ok(body) = unread.try_recv() {
-                    drain(body, limits).await;
+            // DEADLINE_EXCEEDED is the exception: the client's time is up,
+            // so the status goes out now, not after the wait (the stream
+            // reset then counts, like any call a client lets run past its
+            // deadline with its request still open).
+            if let Some(status) = response.headers().get(GRPC_STATUS) {
+                if status != DEADLINE_EXCEEDED {
+                    if let Ok(body) = unread.try_recv() {
+                        drain(body, limits).await;
+                    }
                 }
             }
             Ok(response)
@@ -104,6 +110,9 @@ where
 /// A constant, so that the checks per RPC (here and in the metrics layer)
 /// do not parse the name from text.
 pub(crate) const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
+/// `grpc-status` of DEADLINE_EXCEEDED.
+const DEADLINE_EXCEEDED: http::HeaderValue = http::HeaderValue::from_static("4");
 
 /// Reads `body` to its end within the limits. Returns whether it ended.
 async fn drain(mut body: Body, limits: SettleLayer) -> bool {

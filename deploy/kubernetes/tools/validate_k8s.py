@@ -326,13 +326,14 @@ def check_identities(docs: list[dict], report: Report, probe_secret: str | None)
     if policy is None:
         return {"clients": client_ids, "server": server_ids}
 
-    # Every allow-rule principal names some client certificate (exactly or
-    # by pattern): an allow rule for an identity that has no Certificate here
-    # is a typo or a workload missing from the manifests. Deny-rule
-    # principals are exempt: the shipped policy is also the development one,
-    # and it denies a development identity (`outsider`) that has, and should
-    # have, no Certificate in the cluster; denying an identity that does not
-    # exist here grants nothing and costs nothing.
+    # A principal that names no client certificate here (exactly or by
+    # pattern) is noted, not refused. The shipped policy is also the
+    # development one (config/policy.json), so it names the development
+    # identities: one denied everything (`outsider`), and any a team adds to
+    # DEV_IDENTITIES for a workload that runs elsewhere (another cluster,
+    # another issuer). Such a rule grants nothing to anything in this
+    # cluster; requiring a Certificate here would make every new identity an
+    # edit of the manifests. The note still shows a typo.
     granted: set[str] = set()  # client IDs granted more than the kit's services
     for kind, rule in _rules(policy):
         principals = _principals(rule)
@@ -342,7 +343,7 @@ def check_identities(docs: list[dict], report: Report, probe_secret: str | None)
             if kind == "deny_rules":
                 report.notes.append(f"{policy_where}: deny rule {rule.get('name')!r}: principal {p!r} has no Certificate here (nothing to deny in this cluster)")
             else:
-                report.error(policy_where, f"{kind} {rule.get('name')!r}: principal {p!r} matches no client Certificate's SPIFFE ID")
+                report.notes.append(f"{policy_where}: allow rule {rule.get('name')!r}: principal {p!r} matches no client Certificate's SPIFFE ID here (a workload deployed elsewhere, or a typo)")
         if kind == "allow_rules":
             paths = _paths(rule)
             if not paths or any(not p.startswith(KIT_SERVICE_PREFIXES) for p in paths):
