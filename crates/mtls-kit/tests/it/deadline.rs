@@ -26,49 +26,23 @@ const GUARD: Duration = Duration::from_secs(20);
 const EMPTY_MESSAGE: [u8; 5] = [0, 0, 0, 0, 0];
 
 /// Opens a client-streaming `Load` with `grpc-timeout: timeout`, sends one
-/// message and keeps the stream open; returns the `grpc-status` the server
-/// ends it with, and the stream (dropping it would cancel the call).
+/// message and keeps the stream open (see [`call_and_wait`]).
 async fn load_and_wait(
     pki: &TestPki,
     addr: std::net::SocketAddr,
     timeout: &str,
 ) -> (Option<String>, h2::SendStream<bytes::Bytes>) {
-    let config = client_tls(pki, &pki.client("writer"));
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let tls = tokio_rustls::TlsConnector::from(config)
-        .connect(tls::server_name("localhost").unwrap(), tcp)
-        .await
-        .unwrap();
-    let (client, connection) = h2::client::handshake(tls).await.unwrap();
-    tokio::spawn(connection);
-    let mut client = client.ready().await.unwrap();
-    let request = http::Request::post("https://localhost/kittest.v1.Store/Load")
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .header("grpc-timeout", timeout)
-        .body(())
-        .unwrap();
-    let (response, mut send) = client.send_request(request, false).unwrap();
-    send.send_data(bytes::Bytes::from_static(&EMPTY_MESSAGE), false)
-        .unwrap();
-    let response = response.await.unwrap();
-    // A trailers-only answer carries the status in its headers; otherwise
-    // it comes in the trailers after the body.
-    let mut status = response.headers().get("grpc-status").cloned();
-    if status.is_none() {
-        let mut body = response.into_body();
-        while let Some(chunk) = body.data().await {
-            let chunk = chunk.unwrap();
-            let _ = body.flow_control().release_capacity(chunk.len());
-        }
-        status = body
-            .trailers()
-            .await
-            .unwrap()
-            .and_then(|t| t.get("grpc-status").cloned());
-    }
-    let status = status.map(|s| s.to_str().unwrap().to_owned());
-    (status, send)
+    let (ended, open) = call_and_wait(
+        pki,
+        addr,
+        "writer",
+        "/kittest.v1.Store/Load",
+        timeout,
+        &[&EMPTY_MESSAGE],
+        false,
+    )
+    .await;
+    (ended.status, open)
 }
 
 #[tokio::test]
