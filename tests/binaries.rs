@@ -271,6 +271,44 @@ fn invalid_policy_stops_startup_before_listening() {
 }
 
 #[test]
+fn the_shipped_limits_file_checks_and_a_bad_one_is_refused_naming_its_field() {
+    let shipped = Path::new(env!("CARGO_MANIFEST_DIR")).join("config/limits.json");
+    let out = run(Command::new(SERVER).args(["limits", "check"]).arg(&shipped));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(": ok"));
+
+    let dir = project_dir();
+    let bad = dir.path().join("config/limits.json");
+    std::fs::write(
+        &bad,
+        "{\"limits\": [\n  {\"name\": \"x\", \"principal\": \"*\", \"max_in_flight\": 0}]}",
+    )
+    .unwrap();
+    let out = run(Command::new(SERVER).args(["limits", "check"]).arg(&bad));
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    assert!(
+        err.contains("limits[0].max_in_flight: must be a whole number from 1")
+            && err.contains("(line 2, column"),
+        "{err}"
+    );
+    // The server refuses it at startup the same way, before listening.
+    let out = run(Command::new(SERVER).current_dir(dir.path()).args([
+        "--listen",
+        "127.0.0.1:0",
+        "--limits",
+        "config/limits.json",
+    ]));
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(!err.contains("listening"), "{err}");
+    assert!(
+        err.contains("limits file config/limits.json: limits[0].max_in_flight"),
+        "{err}"
+    );
+}
+
+#[test]
 fn explicitly_named_files_that_are_missing_give_one_line_errors() {
     let dir = project_dir();
     let out = run(Command::new(SERVER).current_dir(dir.path()).args([

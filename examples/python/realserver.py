@@ -24,8 +24,9 @@ def make_pki(directory: pathlib.Path) -> pathlib.Path:
 
 
 @contextlib.contextmanager
-def running_server(policy: pathlib.Path = ROOT / "config" / "policy.json"):
-    """Yields (address, certs directory) of a server running `policy`."""
+def running_server(policy: pathlib.Path = ROOT / "config" / "policy.json", extra_args=()):
+    """Yields (address, certs directory) of a server running `policy`, with
+    `extra_args` added to its command line."""
     with tempfile.TemporaryDirectory() as tmp:
         certs = make_pki(pathlib.Path(tmp) / "certs")
         proc = subprocess.Popen(
@@ -39,6 +40,7 @@ def running_server(policy: pathlib.Path = ROOT / "config" / "policy.json"):
                 "--client-ca", certs / "ca.pem",
                 "--policy", policy,
                 "--log-format", "json",
+                *extra_args,
             ],
             stderr=subprocess.PIPE,
             stdout=subprocess.DEVNULL,

@@ -1,7 +1,8 @@
 //! The server binary: parse flags, set up logging, serve until SIGINT or
 //! SIGTERM; or, with `policy ...`, check, explain or test a policy offline
-//! against the methods this server serves; or, with `methods`, list those
-//! methods. Everything else is the kit's.
+//! against the methods this server serves; with `limits check`, validate a
+//! limits file likewise; or, with `methods`, list those methods.
+//! Everything else is the kit's.
 
 use std::process::ExitCode;
 
@@ -10,6 +11,7 @@ use inventory_service::{services, DEV_IDENTITIES};
 use mtls_kit::client::dynamic;
 use mtls_kit::config::ServerArgs;
 use mtls_kit::policy_cli::{self, PolicyCommand};
+use mtls_kit::quota::cli::{self as limits_cli, LimitsCommand};
 use mtls_kit::replica::ReplicaArgs;
 use mtls_kit::{app, telemetry};
 
@@ -33,6 +35,10 @@ enum Command {
     /// listener, no certificates), against the methods this server serves.
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Validate a limits file (--limits) offline, against the methods this
+    /// server serves.
+    #[command(subcommand)]
+    Limits(LimitsCommand),
     /// List every method this server serves (its own, health, reflection)
     /// with its call kind and message types. Offline.
     Methods {
@@ -50,6 +56,7 @@ async fn main() -> ExitCode {
     let mut services = services(&args.server.limits());
     match &args.command {
         Some(Command::Policy(cmd)) => return policy_cli::main(cmd, &services),
+        Some(Command::Limits(cmd)) => return limits_cli::main(cmd, &services),
         Some(Command::Methods { json }) => {
             return dynamic::methods_command(&services.descriptor_sets(), *json)
         }

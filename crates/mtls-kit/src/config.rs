@@ -144,6 +144,12 @@ pub struct ServerArgs {
     )]
     pub max_connection_age_grace_secs: u64,
 
+    /// Per-identity limits (JSON): rates and calls in flight by principal
+    /// and method, a total, and the fair share. Reloaded like the policy.
+    /// Without it, each identity gets a fair share only (64 calls at once).
+    #[arg(long, env = "SERVER_LIMITS")]
+    pub limits: Option<PathBuf>,
+
     /// Evaluate and log every decision, but let denied RPCs through (logged
     /// as "would-deny"). For rolling out a new policy safely.
     #[arg(long, env = "SERVER_DRY_RUN")]
@@ -193,8 +199,11 @@ impl std::error::Error for ConfigErrors {}
 /// The TLS files the server will use.
 #[derive(Debug, Clone)]
 pub struct TlsFiles {
+    /// The server's certificate chain (PEM, leaf first).
     pub cert: PathBuf,
+    /// The server's private key (PEM).
     pub key: PathBuf,
+    /// The CA bundle (PEM) client certificates must chain to.
     pub client_ca: PathBuf,
     /// The development PKI's CRL (`certs revoke` writes it), loaded and
     /// watched like a --crl; `None` with explicitly named files.
@@ -205,6 +214,10 @@ pub struct TlsFiles {
 }
 
 impl ServerArgs {
+    /// The transport limits these flags set. The ones without a flag
+    /// (header list size, keepalive, early answers) keep their
+    /// [`Limits::default`]. Not to be confused with the `limits` field,
+    /// the per-identity limits file.
     pub fn limits(&self) -> Limits {
         Limits {
             handshake_timeout: Duration::from_secs(self.handshake_timeout_secs),
@@ -223,6 +236,9 @@ impl ServerArgs {
         }
     }
 
+    /// When the server reloads its files: on file events if
+    /// `--watch-files`, every `--poll-interval-secs` unless 0, and always
+    /// on SIGHUP.
     pub fn watch_settings(&self) -> WatchSettings {
         WatchSettings {
             file_events: self.watch_files,
@@ -381,6 +397,7 @@ pub fn load(
         client_ca: files.client_ca.clone(),
         crls: crls.clone(),
         policy: args.policy.clone(),
+        limits: args.limits.clone(),
         policy_check: PathCheck {
             served: Some(Arc::new(served)),
             strict: args.strict_policy_paths,
@@ -406,12 +423,24 @@ pub fn load(
     if args.dry_run {
         warn!("dry-run mode: denied RPCs are logged as would-deny and let through");
     }
+    let quota = loaded.limiter.config();
+    info!(
+        limits = %args.limits.as_ref().map_or("(none: fair share only)".into(), |p| p.display().to_string()),
+        entries = quota.entries.len(),
+        fair_share_per_identity = quota.fair_share.enabled.then_some(quota.fair_share.max_in_flight_per_identity),
+        dry_run = quota.dry_run,
+        "limits loaded"
+    );
+    if quota.dry_run {
+        warn!("limits dry run: calls over a limit are logged and counted, and let through");
+    }
     Ok((
         ServerParts {
             tls: loaded.tls,
             policy: loaded.policy.clone(),
             limits: args.limits(),
             dry_run: args.dry_run,
+            quota: loaded.limiter.clone(),
         },
         loaded.reloader,
     ))

@@ -37,6 +37,8 @@ pub struct PeerInfo {
 }
 
 impl PeerInfo {
+    /// The peer's IP address and port; `None` if the socket could not tell
+    /// at accept.
     pub fn remote_addr(&self) -> Option<SocketAddr> {
         self.tls.get_ref().remote_addr()
     }
@@ -62,7 +64,14 @@ pub struct PeerStream {
     closed: Option<oneshot::Sender<()>>,
     /// Counts this connection in `mtls_connections_open` while it lives.
     _open: OpenConnection,
+    /// Set once our close_notify and FIN are out; until it passes, or the
+    /// peer closes too, what the peer still sends is read and dropped.
+    linger: Option<Pin<Box<tokio::time::Sleep>>>,
 }
+
+/// How long a closing connection keeps reading after its FIN (lingering
+/// close). The peer normally closes within a round trip.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
 impl PeerStream {
     /// A connection whose HTTP/2 preface has been read and checked.
@@ -77,6 +86,7 @@ impl PeerStream {
             preface_replayed: 0,
             closed: None,
             _open: open,
+            linger: None,
         }
     }
 
@@ -130,8 +140,33 @@ impl AsyncWrite for PeerStream {
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         Pin::new(&mut self.tls).poll_flush(cx)
     }
+    /// Lingering close: after close_notify and FIN, reads (and drops) what
+    /// the peer still sends until it closes too, or for `LINGER` (1 s). Closing
+    /// a socket with unread data makes the kernel answer with RST, and an
+    /// RST makes the peer drop what it has not read yet: the last responses
+    /// and the GOAWAY of a graceful drain.
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.tls).poll_shutdown(cx)
+        use std::future::Future;
+        if self.linger.is_none() {
+            // close_notify, then FIN (tokio-rustls shuts the TCP write side).
+            std::task::ready!(Pin::new(&mut self.tls).poll_shutdown(cx))?;
+            self.linger = Some(Box::pin(tokio::time::sleep(LINGER)));
+        }
+        let mut scratch = [0u8; 4096];
+        loop {
+            if let Some(deadline) = self.linger.as_mut() {
+                if deadline.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            let mut buf = ReadBuf::new(&mut scratch);
+            match Pin::new(&mut self.tls).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if !buf.filled().is_empty() => continue,
+                // EOF, or an error (a peer that closed without close_notify).
+                Poll::Ready(_) => return Poll::Ready(Ok(())),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
     }
     fn poll_write_vectored(
         mut self: Pin<&mut Self>,

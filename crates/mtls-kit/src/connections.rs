@@ -38,6 +38,8 @@ use crate::authz::{Authz, AuthzLayer};
 use crate::conn::{PeerInfo, PeerStream};
 use crate::deadline::{Deadline, DeadlineLayer};
 use crate::metrics::rpc::{Rpc, RpcLayer};
+use crate::quota::layer::Quota;
+use crate::quota::QuotaLayer;
 use crate::replica::{ReplicaHeader, ReplicaLayer};
 use crate::server::Limits;
 use crate::settle::{Settle, SettleLayer};
@@ -68,15 +70,23 @@ fn random_unit() -> f64 {
 
 /// What every RPC passes through, outermost first: metrics and span,
 /// early-answer settling, the replica header, authorization, the deadline,
-/// then the routes.
-pub type Stack = Rpc<Settle<ReplicaHeader<Authz<Deadline<Routes>>>>>;
+/// the limits and fair share, then the routes.
+pub type Stack = Rpc<Settle<ReplicaHeader<Authz<Deadline<Quota<Routes>>>>>>;
 
 /// The layers of [`Stack`], as the server configures them.
 pub struct Layers {
+    /// RPC metrics and span ([`crate::metrics::rpc`]); outermost, so it
+    /// sees every final status, denials and refusals included.
     pub rpc: RpcLayer,
+    /// Lets early answers end their streams cleanly ([`crate::settle`]).
     pub settle: SettleLayer,
+    /// The `x-replica` response header ([`crate::replica`]).
     pub replica: ReplicaLayer,
+    /// The policy's decision on every RPC ([`crate::authz`]).
     pub authz: AuthzLayer,
+    /// Limits and fair share ([`crate::quota`]); inside the deadline, so a
+    /// call waiting for its share gives up at its deadline.
+    pub quota: QuotaLayer,
 }
 
 /// What every connection shares: the HTTP/2 settings and the service.
@@ -104,6 +114,7 @@ impl Shared {
             .layer(layers.replica)
             .layer(layers.authz)
             .layer(DeadlineLayer)
+            .layer(layers.quota)
             .service(routes);
         Self { http2, service }
     }

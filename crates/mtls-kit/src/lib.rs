@@ -22,6 +22,9 @@
 //! * [`policy_cli`]: `policy check | explain | test`, the operator's tools
 //!   a service's server binary offers as a subcommand;
 //! * [`authz`]: the tower layer that enforces the decision on every RPC;
+//! * [`quota`]: what one caller can hold: a fair share of the server by
+//!   identity (on by default) and the limits file's rates and calls in
+//!   flight, refused with `RESOURCE_EXHAUSTED` and a retry pushback;
 //! * [`settle`]: lets early answers (denials, unknown methods) end their
 //!   streams cleanly, so they never count as HTTP/2 abuse;
 //! * [`server`]: runs any set of tonic [`server::Services`] with limits,
@@ -47,6 +50,7 @@
 //! [`server::Services`].
 
 #![forbid(unsafe_code)]
+#![warn(missing_docs)]
 
 pub mod accept;
 pub mod app;
@@ -62,6 +66,7 @@ pub mod metrics;
 pub mod pki;
 pub mod policy;
 pub mod policy_cli;
+pub mod quota;
 pub mod reload;
 pub mod replica;
 pub mod rfc2253;

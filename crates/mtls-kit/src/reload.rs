@@ -1,8 +1,10 @@
-//! Live reload of certificates, keys, CA bundles, CRLs and the policy.
+//! Live reload of certificates, keys, CA bundles, CRLs, the policy and the
+//! limits file.
 //!
 //! Files are grouped by what they build: the TLS group (certificate, key,
 //! client CA bundle, CRLs) builds a rustls config; the policy group builds a
-//! [`Policy`]. A reload reads every file of a group, and if any content
+//! [`Policy`]; the limits group (if there is a limits file) builds a
+//! [`LimitsConfig`]. A reload reads every file of a group, and if any content
 //! changed, builds the new value from exactly those bytes and swaps it in.
 //! New handshakes and new RPCs use it at once; open connections keep
 //! theirs until their max age ends them.
@@ -28,6 +30,7 @@ use tracing::{error, info, warn};
 
 use crate::authz::SharedPolicy;
 use crate::policy::{check, PathCheck, Policy};
+use crate::quota::{Limiter, LimitsConfig};
 use crate::tls::{
     self, CertifiedKeyFiles, ClientTlsOptions, RevocationLists, ServerTlsOptions, TrustAnchors,
 };
@@ -126,14 +129,23 @@ impl FileGroup {
 /// The files the server's TLS config and policy come from.
 #[derive(Clone, Debug)]
 pub struct ServerSources {
+    /// The server's certificate chain (PEM, leaf first).
     pub cert: PathBuf,
+    /// The server's private key (PEM).
     pub key: PathBuf,
+    /// The CA bundle (PEM) client certificates must chain to.
     pub client_ca: PathBuf,
+    /// CRL files (PEM); each must exist, like the other TLS files.
     pub crls: Vec<PathBuf>,
+    /// The authorization policy (A43 JSON).
     pub policy: PathBuf,
+    /// The limits file, if any (without one: fair share only).
+    pub limits: Option<PathBuf>,
     /// How the policy's paths are checked against the served methods, at
     /// load and on every reload.
     pub policy_check: PathCheck,
+    /// The TLS settings that are not files (TLS version, strict SPIFFE),
+    /// the same on every reload.
     pub tls: ServerTlsOptions,
 }
 
@@ -148,7 +160,23 @@ impl ServerSources {
     pub fn all_paths(&self) -> Vec<PathBuf> {
         let mut paths = self.tls_paths();
         paths.push(self.policy.clone());
+        paths.extend(self.limits.clone());
         paths
+    }
+
+    /// Builds the limits from the file's contents; errors list every
+    /// problem, one per line, each naming the file.
+    fn build_limits(&self, contents: &[Vec<u8>]) -> Result<LimitsConfig, String> {
+        let path = self.limits.as_deref().unwrap_or(Path::new("(none)"));
+        let text = std::str::from_utf8(&contents[0])
+            .map_err(|e| format!("limits file {}: not UTF-8: {e}", path.display()))?;
+        crate::quota::parse(text, self.policy_check.served.as_deref()).map_err(|errors| {
+            errors
+                .iter()
+                .map(|e| format!("limits file {}: {e}", path.display()))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
     }
 
     /// Builds the TLS config from file contents. Every file is parsed even
@@ -208,15 +236,38 @@ pub struct ServerReloader {
     sources: ServerSources,
     tls: Arc<ArcSwap<rustls::ServerConfig>>,
     policy: SharedPolicy,
-    groups: Mutex<(FileGroup, FileGroup)>,
+    limiter: Arc<Limiter>,
+    groups: Mutex<Groups>,
     attempts: watch::Sender<u64>,
+}
+
+struct Groups {
+    tls: FileGroup,
+    policy: FileGroup,
+    limits: Option<FileGroup>,
+}
+
+/// What one [`ServerReloader::reload_all`] did, by group.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcomes {
+    /// The TLS group: certificate, key, client CA bundle and CRLs.
+    pub tls: GroupOutcome,
+    /// The policy file.
+    pub policy: GroupOutcome,
+    /// `Unchanged` when there is no limits file.
+    pub limits: GroupOutcome,
 }
 
 /// Everything the first load produced.
 pub struct Loaded {
+    /// Reloads the same files into the handles below.
     pub reloader: Arc<ServerReloader>,
+    /// The TLS config in force; each reload swaps what it holds.
     pub tls: Arc<ArcSwap<rustls::ServerConfig>>,
+    /// The policy in force; each reload swaps what it holds.
     pub policy: SharedPolicy,
+    /// The limits in force (the limits file's, or fair share only).
+    pub limiter: Arc<Limiter>,
 }
 
 impl ServerReloader {
@@ -237,25 +288,43 @@ impl ServerReloader {
         if let GroupOutcome::Refused(e) = policy_outcome {
             errors.extend(e.lines().map(str::to_owned));
         }
-        let (Some(tls), Some(policy)) = (tls, policy) else {
+        let mut limits = None;
+        let mut limits_group = sources.limits.clone().map(|p| FileGroup::new(vec![p]));
+        if let Some(group) = &mut limits_group {
+            let outcome = group.reload(|c| sources.build_limits(c).map(|l| limits = Some(l)));
+            if let GroupOutcome::Refused(e) = outcome {
+                errors.extend(e.lines().map(str::to_owned));
+            }
+        }
+        let (Some(tls), Some(policy), true) = (tls, policy, errors.is_empty()) else {
             return Err(errors);
         };
         let tls = Arc::new(ArcSwap::new(tls));
         let policy: SharedPolicy = Arc::new(ArcSwap::from_pointee(policy));
+        let limiter = Arc::new(Limiter::new(
+            limits.unwrap_or_else(LimitsConfig::fair_share_only),
+        ));
         let reloader = Arc::new(ServerReloader {
             sources,
             tls: tls.clone(),
             policy: policy.clone(),
-            groups: Mutex::new((tls_group, policy_group)),
+            limiter: limiter.clone(),
+            groups: Mutex::new(Groups {
+                tls: tls_group,
+                policy: policy_group,
+                limits: limits_group,
+            }),
             attempts: watch::Sender::new(0),
         });
         Ok(Loaded {
             reloader,
             tls,
             policy,
+            limiter,
         })
     }
 
+    /// The files this reloader reads, as it was loaded with.
     pub fn sources(&self) -> &ServerSources {
         &self.sources
     }
@@ -264,7 +333,11 @@ impl ServerReloader {
     /// from, if `path` is one of the watched files.
     pub fn in_force(&self, path: &Path) -> Option<Vec<u8>> {
         let groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
-        groups.0.in_force(path).or_else(|| groups.1.in_force(path))
+        groups
+            .tls
+            .in_force(path)
+            .or_else(|| groups.policy.in_force(path))
+            .or_else(|| groups.limits.as_ref()?.in_force(path))
     }
 
     /// Counts reloads that did something (applied or refused). Tests and
@@ -273,24 +346,43 @@ impl ServerReloader {
         self.attempts.subscribe()
     }
 
+    /// Re-reads every file and applies what changed; the TLS and policy
+    /// outcomes. See [`reload_all`](Self::reload_all).
+    pub fn reload(&self) -> (GroupOutcome, GroupOutcome) {
+        let o = self.reload_all();
+        (o.tls, o.policy)
+    }
+
     /// Re-reads every file and applies what changed. Logs one line per
     /// reload that did something.
-    pub fn reload(&self) -> (GroupOutcome, GroupOutcome) {
+    pub fn reload_all(&self) -> Outcomes {
         let mut groups = self.groups.lock().unwrap_or_else(|p| p.into_inner());
-        let (tls_group, policy_group) = &mut *groups;
-        let tls_outcome = tls_group.reload(|c| {
+        let tls_outcome = groups.tls.reload(|c| {
             let config = self.sources.build_tls(c)?;
             self.tls.store(config);
             Ok(())
         });
-        let policy_outcome = policy_group.reload(|c| {
+        let policy_outcome = groups.policy.reload(|c| {
             let policy = self.sources.build_policy(c)?;
             self.policy.store(Arc::new(policy));
             Ok(())
         });
+        let limits_outcome = match &mut groups.limits {
+            Some(group) => group.reload(|c| {
+                let limits = self.sources.build_limits(c)?;
+                self.limiter.apply(limits);
+                Ok(())
+            }),
+            None => GroupOutcome::Unchanged,
+        };
         drop(groups);
+        let outcomes = Outcomes {
+            tls: tls_outcome,
+            policy: policy_outcome,
+            limits: limits_outcome,
+        };
         let mut changed = BTreeSet::new();
-        for outcome in [&tls_outcome, &policy_outcome] {
+        for outcome in [&outcomes.tls, &outcomes.policy, &outcomes.limits] {
             match outcome {
                 GroupOutcome::Applied(files) => {
                     changed.extend(files.iter().map(|f| f.display().to_string()))
@@ -307,10 +399,19 @@ impl ServerReloader {
             let policy = self.policy.load();
             info!(changed = %changed.join(", "), policy = policy.name(), "configuration reloaded");
         }
-        if tls_outcome != GroupOutcome::Unchanged || policy_outcome != GroupOutcome::Unchanged {
+        let unchanged = GroupOutcome::Unchanged;
+        if [&outcomes.tls, &outcomes.policy, &outcomes.limits]
+            .iter()
+            .any(|o| **o != unchanged)
+        {
             self.attempts.send_modify(|n| *n += 1);
         }
-        (tls_outcome, policy_outcome)
+        outcomes
+    }
+
+    /// The limits in force.
+    pub fn limiter(&self) -> &Arc<Limiter> {
+        &self.limiter
     }
 }
 
@@ -359,14 +460,20 @@ impl ClientReloader {
         self.config.clone()
     }
 
+    /// The certificate, key and CA files, for watching.
     pub fn paths(&self) -> Vec<PathBuf> {
         vec![self.cert.clone(), self.key.clone(), self.ca.clone()]
     }
 
+    /// Counts reloads that did something, as
+    /// [`ServerReloader::watch_attempts`] does.
     pub fn watch_attempts(&self) -> watch::Receiver<u64> {
         self.attempts.subscribe()
     }
 
+    /// Re-reads the three files and, if they changed and build, swaps the
+    /// new config in; a refusal keeps the last good one. Logs one line
+    /// when it did something.
     pub fn reload(&self) -> GroupOutcome {
         let mut group = self.group.lock().unwrap_or_else(|p| p.into_inner());
         let outcome = group.reload(|c| {

@@ -58,6 +58,8 @@ pub struct ReplicaLayer {
 }
 
 impl ReplicaLayer {
+    /// A layer that names `name`; `None` adds no header. Refuses a name
+    /// that is not visible ASCII (no spaces, no control characters).
     pub fn new(name: Option<&str>) -> Result<Self, InvalidReplicaName> {
         let value = name
             .map(|n| {

@@ -29,6 +29,7 @@ use crate::connections;
 use crate::metrics::rpc::{KnownMethods, RpcLayer};
 use crate::metrics::Metrics;
 use crate::policy::ServedMethods;
+use crate::quota::{Limiter, QuotaLayer};
 use crate::replica::{InvalidReplicaName, ReplicaLayer};
 use crate::settle::SettleLayer;
 
@@ -62,6 +63,8 @@ pub struct Limits {
     /// HTTP/2 keepalive pings, to find dead peers. Default every 60 s, with
     /// 20 s to answer.
     pub keepalive_interval: Duration,
+    /// How long a keepalive ping may go unanswered before the connection
+    /// is closed. Default 20 s.
     pub keepalive_timeout: Duration,
     /// On shutdown, how long in-flight RPCs may take to finish before the
     /// remaining connections are closed. Default 10 s.
@@ -119,9 +122,13 @@ pub struct ServerParts {
     pub tls: Arc<ArcSwap<rustls::ServerConfig>>,
     /// The policy new RPCs are checked against.
     pub policy: SharedPolicy,
+    /// Transport limits, fixed for the server's life.
     pub limits: Limits,
     /// Log would-be denials but let the RPCs through.
     pub dry_run: bool,
+    /// The per-identity limits and fair share ([`crate::quota`]); reload
+    /// by [`Limiter::apply`]. `Arc::default()` is fair share only.
+    pub quota: Arc<Limiter>,
 }
 
 /// The gRPC services a server runs, besides the health and reflection
@@ -151,6 +158,7 @@ pub struct Services {
 }
 
 impl Services {
+    /// No services yet, metrics enabled, no replica name.
     pub fn new() -> Self {
         Self::default()
     }
@@ -245,8 +253,13 @@ impl Services {
 /// Errors that stop the server.
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
+    /// A descriptor set added with [`Services::file_descriptor_set`] could
+    /// not be decoded into the reflection service. Returned before the
+    /// server accepts any connection.
     #[error("building the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    /// tonic's transport failed. Not returned by [`run`] today, which
+    /// serves each connection itself and only logs a connection's errors.
     #[error("serving: {0}")]
     Transport(#[from] tonic::transport::Error),
 }
@@ -303,6 +316,7 @@ pub async fn run(
             // Outside authorization, so denials name the replica too.
             replica,
             authz: AuthzLayer::new(parts.policy.clone()).dry_run(parts.dry_run),
+            quota: QuotaLayer::new(parts.quota.clone(), metrics.clone()),
         },
         routes.routes().prepare(),
     );

@@ -29,18 +29,33 @@ use crate::identity::SpiffeId;
 /// Why a certificate is not an X.509-SVID of the expected trust domain.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SvidError {
+    /// The certificate, or its SAN, basicConstraints or keyUsage extension,
+    /// does not parse (a duplicated extension included); the parser's
+    /// message.
     #[error("not valid X.509: {0}")]
     Parse(String),
+    /// No URI SAN, so no SPIFFE ID.
     #[error("no URI SAN (an X.509-SVID carries exactly one, its SPIFFE ID)")]
     NoUriSan,
+    /// More than one URI SAN (how many): the identity would be ambiguous.
     #[error("{0} URI SANs (an X.509-SVID carries exactly one, its SPIFFE ID)")]
     ManyUriSans(usize),
+    /// The one URI SAN (given) is not a valid SPIFFE ID.
     #[error("URI SAN {0:?} is not a valid SPIFFE ID")]
     NotSpiffe(String),
+    /// A valid SPIFFE ID, of another trust domain.
     #[error("SPIFFE ID {id:?} is not in trust domain {expected:?}")]
-    OtherTrustDomain { id: String, expected: String },
+    OtherTrustDomain {
+        /// The certificate's SPIFFE ID.
+        id: String,
+        /// The trust domain required.
+        expected: String,
+    },
+    /// The certificate is a CA (basicConstraints CA=true), not a leaf.
     #[error("a CA certificate (basicConstraints CA=true) cannot be an X.509-SVID leaf")]
     Ca,
+    /// keyUsage is missing, lacks digitalSignature, or has a signing
+    /// certificate's usages; the text says which.
     #[error("keyUsage {0}")]
     KeyUsage(&'static str),
 }
@@ -103,6 +118,8 @@ pub struct SpiffeClientVerifier {
 }
 
 impl SpiffeClientVerifier {
+    /// Wraps `inner` (normally rustls' WebPKI client verifier, with the
+    /// client CA bundle and CRLs) to also require `trust_domain`.
     pub fn new(inner: Arc<dyn ClientCertVerifier>, trust_domain: &str) -> Self {
         Self {
             inner,

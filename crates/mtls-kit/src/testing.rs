@@ -35,7 +35,10 @@ use crate::tls::{self, CertifiedKeyFiles, ClientTlsOptions, ServerTlsOptions, Tr
 /// A CA, a server certificate for `localhost` and `127.0.0.1`, and client
 /// certificates on demand.
 pub struct TestPki {
+    /// The CA (valid one day): issue certificates of your own from it,
+    /// e.g. expired ones or CRLs.
     pub ca: CertificateAuthority,
+    /// The server's certificate and key.
     pub server: IssuedCert,
     trust_domain: String,
 }
@@ -84,11 +87,15 @@ impl TestPki {
 /// A running server. Dropping it leaves the task running until the test's
 /// runtime ends; call [`TestServer::begin_shutdown`] to drain it.
 pub struct TestServer {
+    /// The gRPC address (`127.0.0.1`, an ephemeral port), already
+    /// listening.
     pub addr: SocketAddr,
     /// The metrics endpoint (`GET /metrics`), on its own `127.0.0.1:0`.
     pub metrics_addr: SocketAddr,
     /// The server's metrics registry.
     pub metrics: Metrics,
+    /// The server's task: await it after [`TestServer::begin_shutdown`]
+    /// to wait for the drain to end.
     pub handle: JoinHandle<Result<(), ServeError>>,
     shutdown: Option<oneshot::Sender<()>>,
     ca: TrustAnchors,
@@ -117,6 +124,7 @@ impl TestServer {
             policy,
             limits,
             dry_run,
+            quota: Arc::default(),
         };
         Self::start(parts, services, pki.anchors()).await
     }

@@ -6,8 +6,8 @@
 //!
 //! Crypto provider: *aws-lc-rs* (rustls' default), the only one in the
 //! build. It brings post-quantum hybrid key exchange (X25519MLKEM768, see
-//! [`KX_GROUPS`]) and a FIPS 140-3 validated build (feature `fips`, see the
-//! README). It builds with a C compiler alone on Linux x86_64/aarch64.
+//! [`KX_GROUPS`]) and a FIPS 140-3 validated build (feature `fips`, see
+//! docs/operations.md, "Building"). It builds with a C compiler alone on Linux x86_64/aarch64.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,39 +38,80 @@ pub const ALPN_H2: &[u8] = b"h2";
 /// that concerns a file names it.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
+    /// A file could not be read (missing, unreadable).
     #[error("{}: {source}", path.display())]
     Read {
+        /// The file.
         path: PathBuf,
+        /// Why reading it failed.
         source: std::io::Error,
     },
+    /// A file is not valid PEM, or ends inside a PEM block (truncated or
+    /// still being written).
     #[error("{}: not valid PEM: {reason}", path.display())]
-    Pem { path: PathBuf, reason: String },
+    Pem {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A file is valid PEM but holds nothing of the kind expected.
     #[error("{}: no {what} found in the file", path.display())]
-    Empty { path: PathBuf, what: &'static str },
+    Empty {
+        /// The file.
+        path: PathBuf,
+        /// What was looked for, e.g. `"certificate"` or `"private key"`.
+        what: &'static str,
+    },
+    /// A certificate of a CA bundle cannot be used as a trust anchor.
     #[error("{}: {what} is not a usable CA certificate: {source}", path.display())]
     BadCa {
+        /// The CA bundle.
         path: PathBuf,
+        /// Which part of the bundle was refused.
         what: &'static str,
+        /// Why rustls refused it.
         source: rustls::Error,
     },
+    /// rustls will not use this certificate chain with this private key:
+    /// they do not match, or the key is of an unsupported kind.
     #[error("certificate {} and key {} do not match or are unusable: {source}", cert.display(), key.display())]
     CertKey {
+        /// The certificate chain's file.
         cert: PathBuf,
+        /// The private key's file.
         key: PathBuf,
+        /// Why rustls refused them.
         source: rustls::Error,
     },
+    /// The client certificate verifier could not be built from the client
+    /// CA bundle (and CRLs, when no single CRL file is to blame).
     #[error("client CA {}: {source}", path.display())]
     Verifier {
+        /// The client CA bundle.
         path: PathBuf,
+        /// Why the verifier could not be built.
         source: rustls::server::VerifierBuilderError,
     },
+    /// A CRL file holds a revocation list rustls cannot use.
     #[error("CRL {}: {source}", path.display())]
     Crl {
+        /// The CRL file.
         path: PathBuf,
+        /// Why its list was refused.
         source: rustls::server::VerifierBuilderError,
     },
+    /// The name to expect in the server's certificate is neither a DNS
+    /// name nor an IP address ([`server_name`]).
     #[error("invalid server name {name:?}: {reason}")]
-    ServerName { name: String, reason: String },
+    ServerName {
+        /// The name as given.
+        name: String,
+        /// Why it is not a valid server name.
+        reason: String,
+    },
+    /// Any other refusal from rustls while building a config, e.g. a
+    /// protocol version the crypto provider cannot do.
     #[error("TLS configuration: {0}")]
     Config(#[from] rustls::Error),
 }
@@ -144,6 +185,7 @@ impl MinTlsVersion {
 /// Server-side TLS settings.
 #[derive(Clone, Debug, Default)]
 pub struct ServerTlsOptions {
+    /// The oldest TLS version accepted. Default: TLS 1.3 only.
     pub min_version: MinTlsVersion,
     /// Strict SPIFFE mode: when set, a client certificate must also be an
     /// X.509-SVID of this trust domain ([`crate::spiffe_verifier`]).
@@ -225,6 +267,7 @@ pub fn server_config(
 /// Client-side TLS settings.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ClientTlsOptions {
+    /// The oldest TLS version offered. Default: TLS 1.3 only.
     pub min_version: MinTlsVersion,
 }
 

@@ -91,6 +91,8 @@ pub struct BalanceSettings {
 }
 
 impl BalanceSettings {
+    /// Settings for `target` (`host:port`), expecting `server_name` in every
+    /// replica's certificate, with every other field at its default.
     pub fn new(target: impl Into<String>, server_name: ServerName<'static>) -> Self {
         Self {
             target: target.into(),
@@ -108,22 +110,40 @@ impl BalanceSettings {
 /// Why a balanced client could not start.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BalanceError {
+    /// The target does not make a valid URI (`http://` + the target).
     #[error("invalid server address {target:?}: {source}")]
     Address {
+        /// The target as given.
         target: String,
+        /// Why tonic refused it. (The sources are `Arc`s so that
+        /// [`BalanceState`] can be cloned.)
         source: Arc<tonic::transport::Error>,
     },
+    /// The resolver failed, or took longer than `connect_timeout` (then
+    /// the source is an `io::ErrorKind::TimedOut`).
     #[error("resolving {target}: {source}")]
     Resolve {
+        /// The target being resolved.
         target: String,
+        /// The resolver's error.
         source: Arc<io::Error>,
     },
+    /// The resolver answered with no address. Discovery keeps the replicas
+    /// it has rather than drop them all on such an answer.
     #[error("{target} resolved to no address")]
-    NoAddress { target: String },
+    NoAddress {
+        /// The target that was resolved.
+        target: String,
+    },
+    /// Connecting to one resolved address (TCP, then mutual TLS) failed.
+    /// The address is tried again after a backoff, if still resolved.
     #[error("connecting to {target} at {addr}: {source}")]
     Connect {
+        /// The target the address was resolved from.
         target: String,
+        /// The address that could not be connected to.
         addr: SocketAddr,
+        /// The cause; its own source says which step failed.
         source: Arc<tonic::transport::Error>,
     },
 }
@@ -133,6 +153,7 @@ pub enum BalanceError {
 #[derive(Debug, thiserror::Error)]
 #[error("connection to {addr} closed before the request was sent")]
 pub struct NotSent {
+    /// The replica whose connection had closed.
     pub addr: SocketAddr,
 }
 

@@ -61,22 +61,37 @@ impl fmt::Display for CallKind {
 /// Why a schema or a method could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum SchemaError {
+    /// A descriptor set does not decode, or uses a type that no set before
+    /// it defines.
     #[error("reading a descriptor set: {0}")]
     Descriptors(#[from] prost_reflect::DescriptorError),
+    /// No served method fits the name ([`Schema::method`]).
     #[error("no served method is named {name:?}{}", hint(.suggestion))]
     UnknownMethod {
+        /// The name as given.
         name: String,
+        /// The served path closest in spelling, if one is close enough to
+        /// be a likely typo.
         suggestion: Option<String>,
     },
+    /// A short name (`Method` or `Service/Method`) fits more than one
+    /// served method; the full path is needed.
     #[error("{name:?} is ambiguous: it names {}", .candidates.join(", "))]
     Ambiguous {
+        /// The name as given.
         name: String,
+        /// The full paths it fits.
         candidates: Vec<String>,
     },
+    /// A request is not valid proto3 JSON for the method's input message
+    /// ([`Method::request`]).
     #[error("request for {method} is not valid JSON for {message}: {source}")]
     Request {
+        /// The method's path.
         method: String,
+        /// The full name of its input message.
         message: String,
+        /// What the JSON parser refused.
         source: serde_json::Error,
     },
 }
@@ -189,6 +204,7 @@ impl Method {
         &self.path
     }
 
+    /// Whether requests and replies are streamed, from the proto.
     pub fn kind(&self) -> CallKind {
         match (
             self.desc.is_client_streaming(),
@@ -201,10 +217,12 @@ impl Method {
         }
     }
 
+    /// The request message's type.
     pub fn input(&self) -> MessageDescriptor {
         self.desc.input()
     }
 
+    /// The reply message's type.
     pub fn output(&self) -> MessageDescriptor {
         self.desc.output()
     }
@@ -258,14 +276,22 @@ impl Method {
 /// One method, for listing.
 #[derive(Clone, Debug, Serialize)]
 pub struct MethodSummary {
+    /// `/package.Service/Method`.
     pub path: String,
+    /// The shape of a call.
     pub kind: CallKind,
+    /// Whether the client streams requests. Redundant with `kind`, spelled
+    /// out for readers of the JSON.
     pub client_streaming: bool,
+    /// Whether the server streams replies. Redundant with `kind`, like
+    /// `client_streaming`.
     pub server_streaming: bool,
     /// The request message's full name.
     pub input: String,
     /// The reply message's full name.
     pub output: String,
+    /// Whether the proto marks the method safe to repeat
+    /// ([`Method::idempotent`]).
     pub idempotent: bool,
 }
 

@@ -33,14 +33,20 @@ use tonic::transport::{Channel, Endpoint};
 /// Errors from connecting.
 #[derive(Debug, thiserror::Error)]
 pub enum ConnectError {
+    /// The address does not make a valid URI (`http://` + the address).
     #[error("invalid server address {addr:?}: {source}")]
     Address {
+        /// The address as given.
         addr: String,
+        /// Why tonic refused it.
         source: tonic::transport::Error,
     },
+    /// The TCP connection or the TLS handshake failed, or timed out.
     #[error("connecting to {addr}: {source}")]
     Connect {
+        /// The address connected to.
         addr: String,
+        /// The cause; its own source says which step failed.
         source: tonic::transport::Error,
     },
 }
@@ -57,6 +63,8 @@ pub struct ClientSettings {
 }
 
 impl ClientSettings {
+    /// Settings for `addr` (`host:port`), expecting `server_name` in the
+    /// server's certificate, with the default connect timeout (5 s).
     pub fn new(addr: impl Into<String>, server_name: ServerName<'static>) -> Self {
         Self {
             addr: addr.into(),

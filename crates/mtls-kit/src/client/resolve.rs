@@ -23,6 +23,9 @@ pub type ResolveFuture<'a> = Pin<Box<dyn Future<Output = io::Result<Vec<SocketAd
 /// set: addresses missing from it are dropped. An error keeps the endpoints
 /// the balancer already has (a DNS hiccup must not empty the pool).
 pub trait Resolve: Send + Sync + 'static {
+    /// Every address behind the name now. The balancer gives up on an
+    /// answer after its `connect_timeout`, and treats an empty answer as
+    /// an error.
     fn resolve(&self) -> ResolveFuture<'_>;
 }
 
@@ -59,6 +62,8 @@ pub struct StaticResolver {
 }
 
 impl StaticResolver {
+    /// A resolver that answers with `addrs` until [`set`](Self::set)
+    /// changes them.
     pub fn new(addrs: impl IntoIterator<Item = SocketAddr>) -> Self {
         let resolver = Self::default();
         resolver.set(addrs);

@@ -21,6 +21,13 @@
 //! server was working on it, may have been applied: retrying it could apply
 //! it twice, so the caller gets the error.
 //!
+//! One more case is retried whatever the method: `RESOURCE_EXHAUSTED` with
+//! a `grpc-retry-pushback-ms` (gRFC A6), which the kit's limits send for a
+//! call they refused before any handler ran ([`crate::quota`]). The retry
+//! waits the pushback first; a pushback above [`MAX_PUSHBACK`], or one that
+//! is not a whole number of milliseconds (A6: "do not retry"), is not
+//! waited for, and the caller gets the refusal.
+//!
 //! ```no_run
 //! # async fn demo(mut client: tonic_health::pb::health_client::HealthClient<mtls_kit::client::balance::BalancedChannel>) {
 //! use mtls_kit::client::retry::{self, Idempotency};
@@ -34,6 +41,7 @@
 //! ```
 
 use std::future::Future;
+use std::time::Duration;
 
 use tonic::{Code, Status};
 
@@ -53,7 +61,9 @@ pub enum Idempotency {
 /// A call's result and how many times it was retried (0 or 1).
 #[derive(Debug)]
 pub struct Retried<T> {
+    /// The last attempt's result.
     pub result: Result<T, Status>,
+    /// How many times the call was made again: 0 or 1.
     pub retries: u32,
 }
 
@@ -66,6 +76,15 @@ where
     Fut: Future<Output = Result<T, Status>>,
 {
     match attempt().await {
+        Err(status) if pushback(&status).is_some_and(|p| p <= MAX_PUSHBACK) => {
+            let wait = pushback(&status).unwrap_or_default();
+            tracing::debug!(code = ?status.code(), pushback_ms = wait.as_millis() as u64, "retrying once after the server's pushback");
+            tokio::time::sleep(wait).await;
+            Retried {
+                result: attempt().await,
+                retries: 1,
+            }
+        }
         Err(status) if retryable(&status, idempotency) => {
             tracing::debug!(code = ?status.code(), message = status.message(), "retrying once");
             Retried {
@@ -75,6 +94,27 @@ where
         }
         result => Retried { result, retries: 0 },
     }
+}
+
+/// The longest server pushback [`call`] waits before its retry.
+pub const MAX_PUSHBACK: Duration = Duration::from_secs(10);
+
+/// The server's pushback on a `RESOURCE_EXHAUSTED` (gRFC A6:
+/// `grpc-retry-pushback-ms`, a non-negative whole number of milliseconds);
+/// `None` without one, or when it is not valid (A6: then do not retry).
+pub fn pushback(status: &Status) -> Option<Duration> {
+    if status.code() != Code::ResourceExhausted {
+        return None;
+    }
+    let ms = status
+        .metadata()
+        .get("grpc-retry-pushback-ms")?
+        .to_str()
+        .ok()?;
+    if ms.is_empty() || !ms.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    ms.parse().ok().map(Duration::from_millis)
 }
 
 /// Whether a call that failed with `status` may be made again.
@@ -114,6 +154,15 @@ pub fn never_sent(status: &Status) -> bool {
         if e.is::<NotSent>() {
             return true;
         }
+        // hyper's HTTP/2 client handed the request back unsent: it was still
+        // queued for a connection that ended (after the server's GOAWAY,
+        // hyper's dispatch task exits without draining its queue). tonic
+        // reports it as CANCELLED, "operation was canceled".
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_canceled)
+        {
+            return true;
+        }
         if let Some(h2) = e.downcast_ref::<h2::Error>() {
             return h2.is_remote()
                 && ((h2.is_reset() && h2.reason() == Some(h2::Reason::REFUSED_STREAM))
@@ -127,6 +176,70 @@ pub fn never_sent(status: &Status) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn exhausted(pushback: Option<&str>) -> Status {
+        let mut s = Status::resource_exhausted("over the limit");
+        if let Some(p) = pushback {
+            s.metadata_mut()
+                .insert("grpc-retry-pushback-ms", p.parse().unwrap());
+        }
+        s
+    }
+
+    #[test]
+    fn a_pushback_is_a_whole_number_of_milliseconds() {
+        assert_eq!(
+            pushback(&exhausted(Some("250"))),
+            Some(Duration::from_millis(250))
+        );
+        assert_eq!(pushback(&exhausted(Some("0"))), Some(Duration::ZERO));
+        for bad in ["-1", "1.5", "soon", ""] {
+            assert_eq!(pushback(&exhausted(Some(bad))), None, "{bad:?}");
+        }
+        assert_eq!(pushback(&exhausted(None)), None);
+        let mut other = Status::unavailable("x");
+        other
+            .metadata_mut()
+            .insert("grpc-retry-pushback-ms", "5".parse().unwrap());
+        assert_eq!(pushback(&other), None, "only RESOURCE_EXHAUSTED");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_refusal_with_pushback_is_retried_after_it_even_for_writes() {
+        let attempts = Cell::new(0);
+        let started = tokio::time::Instant::now();
+        let outcome = call(Idempotency::NotIdempotent, || {
+            attempts.set(attempts.get() + 1);
+            let first = attempts.get() == 1;
+            async move {
+                if first {
+                    Err(exhausted(Some("300")))
+                } else {
+                    Ok(())
+                }
+            }
+        })
+        .await;
+        assert!(outcome.result.is_ok());
+        assert_eq!((attempts.get(), outcome.retries), (2, 1));
+        assert!(
+            started.elapsed() >= Duration::from_millis(300),
+            "the pushback was not waited"
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_pushback_or_too_long_a_one_is_not_retried() {
+        for p in [None, Some("600000"), Some("-5")] {
+            let attempts = Cell::new(0);
+            let outcome = call(Idempotency::Idempotent, || {
+                attempts.set(attempts.get() + 1);
+                async { Err::<(), _>(exhausted(p)) }
+            })
+            .await;
+            assert_eq!((attempts.get(), outcome.retries), (1, 0), "{p:?}");
+        }
+    }
     use std::cell::Cell;
 
     fn unavailable_not_sent() -> Status {

@@ -18,13 +18,24 @@ use rustls::{CertificateError, Error as TlsError};
 /// stays bounded whatever clients send.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HandshakeOutcome {
+    /// Completed, and the client's identity was read.
     Ok,
+    /// No ClientHello, or no complete handshake, in time; or closed while
+    /// waiting for its ClientHello to make room for a new connection.
     Timeout,
+    /// The client presented no certificate.
     NoCertificate,
+    /// The client's certificate does not chain to the client CA bundle.
     UnknownCa,
+    /// The client's certificate has expired.
     Expired,
+    /// The client's certificate is revoked by a CRL.
     Revoked,
+    /// The client's certificate is not for client authentication
+    /// (extended key usage).
     BadEku,
+    /// Anything else: another TLS error, a reset, not TLS at all, a
+    /// certificate the kit could not read an identity from.
     Other,
 }
 

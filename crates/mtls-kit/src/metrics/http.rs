@@ -6,7 +6,7 @@
 //! text format otherwise (curl, older scrapers). Anything else is 404.
 //!
 //! Plain HTTP is meant for loopback or a pod-local network; see the
-//! README's "Metrics" section for exposing it further.
+//! "Metrics" in docs/operations.md for exposing it further.
 
 use std::convert::Infallible;
 use std::sync::Arc;

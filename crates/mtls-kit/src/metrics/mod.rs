@@ -12,6 +12,7 @@
 //! * [`certs`]: certificate and CRL lifetimes, and the seconds until the
 //!   soonest of them ends (computed at scrape time);
 //! * [`reload`]: reloads by group and outcome, and the policy in force;
+//! * `quota`: calls refused by limit and reason, and fair-share waits;
 //! * [`http`]: the endpoint (`GET /metrics`) on a listener of its own.
 //!
 //! A disabled handle ([`Metrics::disabled`], what `--metrics-listen off`
@@ -22,6 +23,7 @@
 pub mod certs;
 pub mod handshake;
 pub mod http;
+pub(crate) mod quota;
 pub mod reload;
 pub mod rpc;
 #[cfg(feature = "testing")]
@@ -48,6 +50,7 @@ struct Inner {
     handshake: handshake::HandshakeMetrics,
     certs: certs::CertMetrics,
     reload: reload::ReloadMetrics,
+    quota: quota::QuotaMetrics,
 }
 
 impl Default for Metrics {
@@ -74,6 +77,7 @@ impl Metrics {
             handshake: handshake::HandshakeMetrics::register(&mut registry),
             certs: certs::CertMetrics::register(&mut registry),
             reload: reload::ReloadMetrics::register(&mut registry),
+            quota: quota::QuotaMetrics::register(&mut registry),
             registry: Mutex::new(registry),
         };
         Self(Some(Arc::new(inner)))
@@ -84,6 +88,7 @@ impl Metrics {
         Self(None)
     }
 
+    /// Whether this handle records (false for [`Metrics::disabled`]).
     pub fn is_enabled(&self) -> bool {
         self.0.is_some()
     }
@@ -149,6 +154,10 @@ impl Metrics {
 
     pub(crate) fn rpc(&self) -> Option<&rpc::RpcMetrics> {
         self.inner().map(|i| &i.rpc)
+    }
+
+    pub(crate) fn quota(&self) -> Option<&quota::QuotaMetrics> {
+        self.inner().map(|i| &i.quota)
     }
 
     pub(crate) fn reloads(&self) -> Option<&reload::ReloadMetrics> {

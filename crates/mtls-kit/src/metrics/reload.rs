@@ -16,7 +16,7 @@ use prometheus_client::registry::Registry;
 
 use super::certs::Lifetimes;
 use super::Metrics;
-use crate::reload::{GroupOutcome, ServerReloader};
+use crate::reload::{GroupOutcome, Outcomes, ServerReloader};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReloadLabels {
@@ -51,7 +51,7 @@ impl ReloadMetrics {
         };
         registry.register(
             "mtls_config_reloads",
-            "Reloads that found changed files, by group (tls, policy) and outcome (applied; refused: the last good configuration stays)",
+            "Reloads that found changed files, by group (tls, policy, limits) and outcome (applied; refused: the last good configuration stays)",
             m.reloads.clone(),
         );
         registry.register(
@@ -76,9 +76,12 @@ pub fn reload_and_record(
     metrics: Metrics,
 ) -> impl Fn() + Send + Sync + 'static {
     record_in_force(&metrics, &reloader, true, true);
+    if reloader.sources().limits.is_some() {
+        record_limits_in_force(&metrics);
+    }
     move || {
-        let outcome = reloader.reload();
-        record(&metrics, &reloader, &outcome);
+        let outcomes = reloader.reload_all();
+        record_all(&metrics, &reloader, &outcomes);
     }
 }
 
@@ -88,8 +91,26 @@ pub fn record(
     reloader: &ServerReloader,
     (tls, policy): &(GroupOutcome, GroupOutcome),
 ) {
+    record_all(
+        metrics,
+        reloader,
+        &Outcomes {
+            tls: tls.clone(),
+            policy: policy.clone(),
+            limits: GroupOutcome::Unchanged,
+        },
+    );
+}
+
+/// Records what one [`ServerReloader::reload_all`] did.
+pub fn record_all(metrics: &Metrics, reloader: &ServerReloader, outcomes: &Outcomes) {
     let Some(m) = metrics.reloads() else { return };
-    for (group, outcome) in [("tls", tls), ("policy", policy)] {
+    let Outcomes {
+        tls,
+        policy,
+        limits,
+    } = outcomes;
+    for (group, outcome) in [("tls", tls), ("policy", policy), ("limits", limits)] {
         let outcome = match outcome {
             GroupOutcome::Unchanged => continue,
             GroupOutcome::Applied(_) => "applied",
@@ -105,6 +126,17 @@ pub fn record(
         matches!(tls, GroupOutcome::Applied(_)),
         matches!(policy, GroupOutcome::Applied(_)),
     );
+    if matches!(limits, GroupOutcome::Applied(_)) {
+        record_limits_in_force(metrics);
+    }
+}
+
+fn record_limits_in_force(metrics: &Metrics) {
+    if let Some(m) = metrics.reloads() {
+        m.last_applied
+            .get_or_create(&GroupLabels { group: "limits" })
+            .set(super::unix_now());
+    }
 }
 
 /// Sets the gauges of the groups in force that were (re)loaded just now.

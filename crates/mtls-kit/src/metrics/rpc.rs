@@ -314,6 +314,8 @@ pub struct RpcLayer {
 }
 
 impl RpcLayer {
+    /// Records into `metrics`. Only `methods` get labels of their own;
+    /// every other path is counted as `unknown`.
     pub fn new(metrics: Metrics, methods: KnownMethods) -> Self {
         // Series handles belong to one registry: each layer keeps its own.
         let methods = Methods {

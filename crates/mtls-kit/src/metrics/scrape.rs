@@ -16,14 +16,19 @@ use hyper_util::rt::TokioIo;
 /// One sample: a metric name, its labels and its value.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sample {
+    /// The series name as exposed, suffixes included (`_total`,
+    /// `_bucket`, ...).
     pub name: String,
+    /// Label names to values, unescaped.
     pub labels: BTreeMap<String, String>,
+    /// The value; `+Inf` and `-Inf` parse to the infinities.
     pub value: f64,
 }
 
 /// A parsed exposition.
 #[derive(Clone, Debug, Default)]
 pub struct Exposition {
+    /// Every sample, in exposition order.
     pub samples: Vec<Sample>,
     /// `# TYPE` lines: metric family name to type.
     pub types: BTreeMap<String, String>,

@@ -79,22 +79,30 @@ pub fn revoke(
 /// Where the files of the on-disk development PKI live.
 #[derive(Clone, Debug)]
 pub struct DevPkiPaths {
+    /// The directory that holds them all (`certs/` for a service).
     pub dir: PathBuf,
 }
 
 impl DevPkiPaths {
+    /// The PKI in `dir`. Only names the files: nothing is read or written.
     pub fn new(dir: impl Into<PathBuf>) -> Self {
         Self { dir: dir.into() }
     }
+    /// The CA certificate, `ca.pem`: the bundle both sides trust.
     pub fn ca_cert(&self) -> PathBuf {
         self.dir.join("ca.pem")
     }
+    /// The CA's private key, `ca.key` (mode 0600): needed to issue
+    /// certificates and to sign CRLs.
     pub fn ca_key(&self) -> PathBuf {
         self.dir.join("ca.key")
     }
+    /// The certificate of `name` (`server` or a client identity),
+    /// `<name>.pem`.
     pub fn cert(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.pem"))
     }
+    /// The private key of `name`, `<name>.key` (mode 0600).
     pub fn key(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}.key"))
     }

@@ -5,9 +5,9 @@
 //! written unencrypted; certificates live for days. Production certificates
 //! come from your real issuer (cert-manager, SPIRE, Vault, ...).
 //!
-//! The same code makes the in-memory PKI of the tests and (in [`files`]) the
-//! on-disk PKI in `certs/` that the `certs` tool and the server's first start
-//! write.
+//! The same code makes the in-memory PKI of the tests and the on-disk PKI
+//! in `certs/` ([`DevPkiPaths`], [`write_dev_pki`]) that the `certs` tool
+//! and the server's first start write.
 
 mod files;
 
@@ -38,24 +38,46 @@ pub const DEFAULT_TRUST_DOMAIN: &str = "example.org";
 /// this machine can connect by any of them.
 pub const DEFAULT_SERVER_NAMES: &[&str] = &["localhost", "127.0.0.1", "::1"];
 
-/// How long development CA and leaf certificates live by default.
+/// How many days a development CA certificate lives by default.
 pub const DEFAULT_CA_DAYS: i64 = 30;
+/// How many days a development leaf certificate lives by default. A server
+/// regenerates its dev PKI at start once the server certificate has
+/// expired ([`crate::config::ensure_dev_pki`]).
 pub const DEFAULT_LEAF_DAYS: i64 = 7;
 
 /// Errors from making or writing the development PKI.
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
+    /// rcgen could not make a key, a certificate or a CRL (for instance a
+    /// URI SAN that is not valid).
     #[error("certificate generation failed: {0}")]
     Generate(#[from] rcgen::Error),
+    /// A file or directory could not be read or written.
     #[error("{}: {source}", path.display())]
     Io {
+        /// The file or directory.
         path: PathBuf,
+        /// Why it failed.
         source: std::io::Error,
     },
+    /// The CA certificate or key read back from disk cannot issue
+    /// ([`CertificateAuthority::from_pem_files`]).
     #[error("{}: not a usable CA certificate or key: {reason}", path.display())]
-    BadCa { path: PathBuf, reason: String },
+    BadCa {
+        /// The certificate or key file at fault.
+        path: PathBuf,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A certificate or CRL file read back from disk does not parse (a
+    /// certificate to revoke, or the CRL to add it to).
     #[error("{}: {reason}", path.display())]
-    BadInput { path: PathBuf, reason: String },
+    BadInput {
+        /// The file.
+        path: PathBuf,
+        /// Why it does not parse.
+        reason: String,
+    },
 }
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> PkiError + '_ {
@@ -141,26 +163,34 @@ impl LeafSpec {
         spec
     }
 
+    /// Sets the subject's `O` (organization).
     pub fn organization(mut self, o: &str) -> Self {
         self.organization = Some(o.to_owned());
         self
     }
+    /// Sets the subject's `OU` (organizational unit).
     pub fn organizational_unit(mut self, ou: &str) -> Self {
         self.organizational_unit = Some(ou.to_owned());
         self
     }
+    /// Adds a URI SAN, e.g. a SPIFFE ID. One that is not a valid URI
+    /// fails at [`CertificateAuthority::issue`].
     pub fn uri(mut self, uri: &str) -> Self {
         self.uris.push(uri.to_owned());
         self
     }
+    /// Adds a DNS SAN.
     pub fn dns(mut self, dns: &str) -> Self {
         self.dns.push(dns.to_owned());
         self
     }
+    /// Adds an IP address SAN.
     pub fn ip(mut self, ip: IpAddr) -> Self {
         self.ips.push(ip);
         self
     }
+    /// Replaces the extended key usage the constructor chose (tests of a
+    /// server certificate used as a client's).
     pub fn usage(mut self, usage: Usage) -> Self {
         self.usage = usage;
         self
@@ -198,7 +228,9 @@ impl LeafSpec {
 
 /// A certificate and its freshly generated private key.
 pub struct IssuedCert {
+    /// The certificate, DER.
     pub cert_der: CertificateDer<'static>,
+    /// The same certificate, PEM.
     pub cert_pem: String,
     key_der: PrivatePkcs8KeyDer<'static>,
     key_pem: String,
@@ -307,9 +339,11 @@ impl CertificateAuthority {
         })
     }
 
+    /// The CA certificate, DER: the trust anchor of both sides.
     pub fn cert_der(&self) -> &CertificateDer<'static> {
         &self.cert_der
     }
+    /// The CA certificate, PEM, as written to `ca.pem`.
     pub fn cert_pem(&self) -> &str {
         &self.cert_pem
     }
@@ -380,7 +414,10 @@ impl CertificateAuthority {
 /// One revoked certificate: its serial number and when it was revoked.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Revoked {
+    /// The serial number's big-endian bytes, as the certificate encodes
+    /// them ([`serial_of`]).
     pub serial: Vec<u8>,
+    /// The revocation time the CRL states.
     pub at: OffsetDateTime,
 }
 
@@ -420,7 +457,9 @@ impl CertificateAuthority {
 /// A signed certificate revocation list.
 #[derive(Clone, Debug)]
 pub struct IssuedCrl {
+    /// The CRL, DER.
     pub der: rustls_pki_types::CertificateRevocationListDer<'static>,
+    /// The same CRL, PEM, as written to `crl.pem`.
     pub pem: String,
 }
 

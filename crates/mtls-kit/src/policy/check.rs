@@ -27,8 +27,11 @@ pub struct PathCheck {
 /// Displays like [`PolicyError`]: `field: message (line L, column C)`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PolicyWarning {
+    /// The field path, as in [`PolicyError`].
     pub field: String,
+    /// What is worth fixing, for a person.
     pub message: String,
+    /// Where the field is in the text, when known.
     pub at: Option<Position>,
 }
 
@@ -47,7 +50,11 @@ impl fmt::Display for PolicyWarning {
 pub struct Report {
     /// The validated policy; `None` when there are errors.
     pub spec: Option<PolicySpec>,
+    /// Why the text is not a valid policy, in document order; empty when
+    /// it is.
     pub errors: Vec<PolicyError>,
+    /// Paths that match no served method; only for a valid policy, and
+    /// only when checked against served methods.
     pub warnings: Vec<PolicyWarning>,
 }
 
@@ -84,7 +91,9 @@ pub fn check_text(text: &str, served: Option<&ServedMethods>) -> Report {
 /// A policy that loaded, and the warnings to log about it (one line each,
 /// naming the file).
 pub struct Loaded {
+    /// The compiled policy.
     pub policy: Policy,
+    /// Each line is `policy file F: field: message (line L, column C)`.
     pub warnings: Vec<String>,
 }
 

@@ -14,7 +14,9 @@ use crate::identity::PeerIdentity;
 /// Which list of the policy a rule is in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RuleList {
+    /// `deny_rules`, checked first.
     Deny,
+    /// `allow_rules`, checked when no deny rule matched.
     Allow,
 }
 
@@ -37,12 +39,21 @@ pub enum Miss {
     /// None of the peer's names matches the rule's `source.principals`.
     Principals,
     /// The request lacks the header (an absent header matches nothing).
-    HeaderAbsent { index: usize },
+    HeaderAbsent {
+        /// The condition's index in `request.headers`.
+        index: usize,
+    },
     /// The header's value matches none of the condition's `values`.
-    HeaderValue { index: usize },
+    HeaderValue {
+        /// The condition's index in `request.headers`.
+        index: usize,
+    },
     /// The header holds binary metadata that is not valid base64; it did
     /// not decide because an earlier condition had already failed.
-    HeaderMalformed { index: usize },
+    HeaderMalformed {
+        /// The condition's index in `request.headers`.
+        index: usize,
+    },
 }
 
 /// What became of one rule.
@@ -54,22 +65,29 @@ pub enum RuleOutcome {
     Missed(Vec<Miss>),
     /// The rule's header `header` holds binary metadata that is not valid
     /// base64, and every earlier condition was met: the RPC is denied.
-    Malformed { header: usize },
+    Malformed {
+        /// The condition's index in the rule's `request.headers`.
+        header: usize,
+    },
 }
 
 /// One rule checked, in the order the policy checks them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RuleTrace<'p> {
+    /// The list the rule is in.
     pub list: RuleList,
     /// The rule's index in its list.
     pub index: usize,
+    /// The rule's name, borrowed from the policy.
     pub name: &'p str,
+    /// Whether it matched, and if not, what it missed.
     pub outcome: RuleOutcome,
 }
 
 /// A decision and how it was reached.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Explanation<'p> {
+    /// The decision, the same as [`Policy::decide`]'s for this request.
     pub decision: Decision<'p>,
     /// Every rule checked, deny rules first, up to and including the one
     /// that decided. With no match, every rule of the policy.

@@ -16,10 +16,14 @@ use super::{PolicyError, PolicyErrors};
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[allow(non_camel_case_types)]
 pub enum AuditCondition {
+    /// No decision is audit-logged (the default).
     #[default]
     NONE,
+    /// Denials are audit-logged.
     ON_DENY,
+    /// Allowed RPCs are audit-logged.
     ON_ALLOW,
+    /// Every decision is audit-logged.
     ON_DENY_AND_ALLOW,
 }
 
@@ -31,9 +35,11 @@ impl AuditCondition {
         ("ON_DENY_AND_ALLOW", Self::ON_DENY_AND_ALLOW),
     ];
 
+    /// Whether an allowed RPC is audit-logged.
     pub fn logs_allow(self) -> bool {
         matches!(self, Self::ON_ALLOW | Self::ON_DENY_AND_ALLOW)
     }
+    /// Whether a denied RPC is audit-logged.
     pub fn logs_deny(self) -> bool {
         matches!(self, Self::ON_DENY | Self::ON_DENY_AND_ALLOW)
     }
@@ -46,9 +52,13 @@ pub const STDOUT_LOGGER: &str = "stdout_logger";
 /// A validated policy, before compilation.
 #[derive(Debug, Clone)]
 pub struct PolicySpec {
+    /// The policy's `name`, which names it in logs and metrics.
     pub name: String,
+    /// `deny_rules`, in document order (the order they are checked in).
     pub deny_rules: Vec<RuleSpec>,
+    /// `allow_rules`, in document order.
     pub allow_rules: Vec<RuleSpec>,
+    /// `audit_logging_options.audit_condition`; `NONE` when absent.
     pub audit_condition: AuditCondition,
     /// Whether a usable audit logger is configured. A59: with no logger,
     /// nothing is audit-logged whatever the condition says.
@@ -58,16 +68,24 @@ pub struct PolicySpec {
 /// One validated rule. Empty lists mean "unconstrained".
 #[derive(Debug, Clone)]
 pub struct RuleSpec {
+    /// The rule's name, unique within its list.
     pub name: String,
+    /// `source.principals`: patterns matched against the peer's names
+    /// ([`crate::identity::PeerIdentity::principal_names`]).
     pub principals: Vec<String>,
+    /// `request.paths`: patterns matched against `/package.Service/Method`.
     pub paths: Vec<String>,
+    /// `request.headers`: conditions that must all hold.
     pub headers: Vec<HeaderSpec>,
 }
 
 /// One header condition: `key` (lower-cased) must match one of `values`.
 #[derive(Debug, Clone)]
 pub struct HeaderSpec {
+    /// The header name, lower-cased; never a pseudo-header, `grpc-*` or a
+    /// hop-by-hop header.
     pub key: String,
+    /// Patterns for its value; at least one.
     pub values: Vec<String>,
 }
 

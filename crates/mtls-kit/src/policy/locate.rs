@@ -15,7 +15,9 @@ use serde_json::value::RawValue;
 /// characters).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Position {
+    /// The line, from 1.
     pub line: usize,
+    /// The column, from 1, in characters (not bytes).
     pub column: usize,
 }
 
@@ -28,7 +30,9 @@ impl fmt::Display for Position {
 /// One step into a document: an object key or an array index.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Step {
+    /// A key of an object.
     Key(String),
+    /// An index into an array, from 0.
     Index(usize),
 }
 
@@ -38,6 +42,7 @@ pub enum Step {
 pub struct FieldPath(Vec<Step>);
 
 impl FieldPath {
+    /// The empty path: the document itself.
     pub fn root() -> Self {
         Self::default()
     }
@@ -56,6 +61,7 @@ impl FieldPath {
         Self(steps)
     }
 
+    /// The steps from the document down, outermost first.
     pub fn steps(&self) -> &[Step] {
         &self.0
     }
@@ -110,6 +116,8 @@ enum Children<'t> {
 }
 
 impl<'t> Locator<'t> {
+    /// Reads `text` once. If it is not JSON, every [`Self::locate`] is
+    /// `None`.
     pub fn new(text: &'t str) -> Self {
         let line_starts = std::iter::once(0)
             .chain(text.match_indices('\n').map(|(i, _)| i + 1))

@@ -1,8 +1,8 @@
 //! gRPC authorization policies (gRFC A43): pure data in, a decision out.
 //!
-//! * [`file`] parses and validates the JSON document (with `json`'s strict
-//!   reading, `schema`'s walk and [`locate`]'s line and column of each
-//!   problem);
+//! * [`file`](mod@file) parses and validates the JSON document (with
+//!   `json`'s strict reading, `schema`'s walk and [`locate`]'s line and
+//!   column of each problem);
 //! * [`pattern`] and [`engine`] compile it into indexes;
 //! * [`served`] and [`paths`] compare its paths with the methods a server
 //!   serves, and [`check`] puts it all together as a server loads a file;
@@ -23,7 +23,7 @@ pub mod check;
 pub mod engine;
 pub mod explain;
 pub mod file;
-mod json;
+pub(crate) mod json;
 pub mod locate;
 pub mod paths;
 pub mod pattern;
@@ -46,9 +46,15 @@ use engine::RuleSet;
 /// `field: message (line L, column C)`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PolicyError {
+    /// The field (or the document) breaks a rule of A43 or of the kit's
+    /// stricter checks.
     Invalid {
+        /// The field path; `(document)` for the document as a whole.
         field: String,
+        /// What is wrong, for a person.
         message: String,
+        /// Where the field is in the text; for a missing field, the object
+        /// that should hold it. `None` when the text could not place it.
         at: Option<Position>,
     },
 }
@@ -97,14 +103,22 @@ impl std::error::Error for PolicyErrors {}
 /// A policy file that could not be loaded.
 #[derive(Debug, thiserror::Error)]
 pub enum PolicyLoadError {
+    /// The file could not be read.
     #[error("policy file {}: {source}", path.display())]
     Read {
+        /// The policy file.
         path: PathBuf,
+        /// Why reading it failed.
         source: std::io::Error,
     },
     /// Every problem, one per line, each prefixed with the file.
     #[error("{}", prefixed(path, source))]
-    Invalid { path: PathBuf, source: PolicyErrors },
+    Invalid {
+        /// The policy file.
+        path: PathBuf,
+        /// Every problem found in it.
+        source: PolicyErrors,
+    },
 }
 
 /// `policy file F: <error>` for each error, one per line.
@@ -122,9 +136,15 @@ pub(crate) fn prefixed(path: &Path, errors: &PolicyErrors) -> String {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Decision<'a> {
     /// An allow rule matched and no deny rule did.
-    Allow { rule: &'a str },
+    Allow {
+        /// The first allow rule that matched, by name.
+        rule: &'a str,
+    },
     /// A deny rule matched.
-    DenyByRule { rule: &'a str },
+    DenyByRule {
+        /// The first deny rule that matched, by name.
+        rule: &'a str,
+    },
     /// No allow rule matched (the default).
     DenyNoMatch,
     /// A rule needed binary metadata that is not valid base64.
@@ -132,6 +152,7 @@ pub enum Decision<'a> {
 }
 
 impl<'a> Decision<'a> {
+    /// Whether the RPC may go on: only for [`Decision::Allow`].
     pub fn is_allowed(&self) -> bool {
         matches!(self, Decision::Allow { .. })
     }
@@ -204,6 +225,10 @@ impl Policy {
         })
     }
 
+    /// Compiles a validated policy (from [`file::parse`] or a
+    /// [`check::Report`]) into its indexes. Audit logging follows
+    /// `audit_condition` only when the policy names a usable audit logger
+    /// (gRFC A59); otherwise nothing is audit-logged.
     pub fn compile(spec: &PolicySpec) -> Self {
         Self {
             name: spec.name.clone(),

@@ -17,7 +17,9 @@ use super::RuleList;
 pub struct PathWarning {
     /// Where the pattern is: `allow_rules[2].request.paths[0]`.
     pub field: FieldPath,
+    /// The name of the rule that holds it.
     pub rule: String,
+    /// The pattern as written.
     pub pattern: String,
     /// The served method (or `/pkg.Service/*`, `*/Method`) it most likely
     /// meant.

@@ -15,14 +15,19 @@ use smallvec::SmallVec;
 /// One compiled policy string.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Pattern {
+    /// Anything without a leading or trailing `*`: the whole value.
     Exact(Box<[u8]>),
+    /// `"abc*"`: values that start with `abc`.
     Prefix(Box<[u8]>),
+    /// `"*abc"`: values that end with `abc`.
     Suffix(Box<[u8]>),
     /// `"*"`: present and non-empty.
     NonEmpty,
 }
 
 impl Pattern {
+    /// Compiles one policy string as gRPC does. Every string is a pattern,
+    /// so this cannot fail.
     pub fn parse(s: &str) -> Self {
         if s == "*" {
             Pattern::NonEmpty
@@ -35,6 +40,7 @@ impl Pattern {
         }
     }
 
+    /// Whether `value` matches, byte-wise and case-sensitively.
     pub fn matches(&self, value: &[u8]) -> bool {
         match self {
             Pattern::Exact(e) => value == &**e,

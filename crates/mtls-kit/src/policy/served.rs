@@ -17,6 +17,7 @@ pub struct ServedMethods {
 }
 
 impl ServedMethods {
+    /// No methods and no services yet.
     pub fn new() -> Self {
         Self::default()
     }
@@ -66,6 +67,8 @@ impl ServedMethods {
         self.methods.iter().map(String::as_str)
     }
 
+    /// Whether `path` is a known method. A path under an opaque service
+    /// is not: ask [`Self::in_opaque_service`] too.
     pub fn contains(&self, path: &str) -> bool {
         self.methods.contains(path)
     }

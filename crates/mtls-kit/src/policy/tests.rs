@@ -1,5 +1,5 @@
 //! The policy engine against A43 semantics, as gRPC's implementations apply
-//! them (see the field notes in the README's "Writing a policy" section).
+//! them (see the field notes in docs/policy.md, "The format").
 
 use http::{HeaderMap, HeaderValue};
 use serde_json::json;

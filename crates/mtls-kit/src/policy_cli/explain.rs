@@ -77,12 +77,16 @@ pub fn header_map(headers: &[(String, String)]) -> Result<HeaderMap, String> {
 
 /// One RPC to explain.
 pub struct Query<'a> {
+    /// Who calls, as their certificate would identify them.
     pub peer: &'a PeerIdentity,
+    /// The method's path, `/package.Service/Method`.
     pub method: &'a str,
+    /// The request's metadata ([`header_map`]).
     pub headers: &'a HeaderMap,
 }
 
 impl Query<'_> {
+    /// What `policy` decides for this RPC, and why.
     pub fn explain<'p>(&self, policy: &'p Policy) -> Explanation<'p> {
         policy.explain(
             self.peer,

@@ -51,7 +51,7 @@ pub enum PolicyCommand {
     Test {
         /// The policy file.
         policy: PathBuf,
-        /// The cases (JSON; see the README's "Writing and testing a policy").
+        /// The cases (JSON; see docs/policy.md).
         cases: PathBuf,
     },
 }
@@ -86,6 +86,15 @@ pub struct ExplainArgs {
 /// Runs `cmd` for a server serving `services`, printing to stdout and
 /// stderr.
 pub fn main(cmd: &PolicyCommand, services: &Services) -> ExitCode {
+    offline(services, |served, out, err| run(cmd, served, out, err))
+}
+
+/// Runs an offline command against the methods `services` serve, with
+/// stdout and stderr; its result is the exit status.
+pub(crate) fn offline(
+    services: &Services,
+    command: impl FnOnce(&ServedMethods, &mut dyn Write, &mut dyn Write) -> u8,
+) -> ExitCode {
     let served = match services.served_methods() {
         Ok(s) => s,
         Err(e) => {
@@ -95,7 +104,7 @@ pub fn main(cmd: &PolicyCommand, services: &Services) -> ExitCode {
     };
     let stdout = std::io::stdout();
     let stderr = std::io::stderr();
-    ExitCode::from(run(cmd, &served, &mut stdout.lock(), &mut stderr.lock()))
+    ExitCode::from(command(&served, &mut stdout.lock(), &mut stderr.lock()))
 }
 
 /// Runs `cmd` against `served`: reports to `out`, diagnostics (errors and

@@ -13,10 +13,13 @@ use super::TlsError;
 
 /// A certificate chain and its private key, as read from PEM files.
 pub struct CertifiedKeyFiles {
+    /// The certificate chain, leaf first.
     pub chain: Vec<CertificateDer<'static>>,
+    /// The leaf's private key. Never printed: `Debug` redacts it.
     pub key: PrivateKeyDer<'static>,
-    /// Where they came from, for error messages.
+    /// Where the chain came from, for error messages.
     pub cert_path: PathBuf,
+    /// Where the key came from, for error messages.
     pub key_path: PathBuf,
 }
 
@@ -89,11 +92,16 @@ impl fmt::Debug for CertifiedKeyFiles {
 /// A set of trusted CA certificates, as read from a PEM bundle.
 #[derive(Clone, Debug)]
 pub struct TrustAnchors {
+    /// The CA certificates, in file order.
     pub certs: Vec<CertificateDer<'static>>,
+    /// Where they came from, for error messages.
     pub path: PathBuf,
 }
 
 impl TrustAnchors {
+    /// Reads every certificate of a PEM bundle. Refuses a file with none
+    /// or one cut short; whether each is a usable CA is only checked when
+    /// a config is built ([`TlsError::BadCa`]).
     pub fn read(path: &Path) -> Result<Self, TlsError> {
         Ok(Self {
             certs: read_certs(path, "CA certificate")?,
@@ -101,6 +109,8 @@ impl TrustAnchors {
         })
     }
 
+    /// Parses a PEM bundle already read from `path`, as [`Self::read`]
+    /// does.
     pub fn from_pem(path: &Path, pem: &[u8]) -> Result<Self, TlsError> {
         Ok(Self {
             certs: parse_certs(pem, path, "CA certificate")?,
@@ -108,6 +118,8 @@ impl TrustAnchors {
         })
     }
 
+    /// Wraps in-memory CA certificates (tests); `label` stands in for the
+    /// path in error messages.
     pub fn in_memory(certs: Vec<CertificateDer<'static>>, label: &str) -> Self {
         Self {
             certs,
@@ -221,11 +233,16 @@ pub fn parse_key(bytes: &[u8], path: &Path) -> Result<PrivateKeyDer<'static>, Tl
 /// Certificate revocation lists, as read from one PEM file.
 #[derive(Clone, Debug)]
 pub struct RevocationLists {
+    /// The lists, in file order.
     pub crls: Vec<CertificateRevocationListDer<'static>>,
+    /// Where they came from, for error messages.
     pub path: PathBuf,
 }
 
 impl RevocationLists {
+    /// Parses the PEM contents already read from `path`. Refuses input with
+    /// no CRL or cut short; a list's signature and issuer are only checked
+    /// when a server config is built ([`TlsError::Crl`]).
     pub fn from_pem(path: &Path, pem: &[u8]) -> Result<Self, TlsError> {
         Ok(Self {
             crls: parse_crls(pem, path)?,

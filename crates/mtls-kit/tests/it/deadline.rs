@@ -23,7 +23,7 @@ use crate::store::StoreClient;
 const GUARD: Duration = Duration::from_secs(20);
 
 /// One gRPC message: uncompressed, empty (an `Entry` with no fields).
-const EMPTY_MESSAGE: [u8; 5] = [0, 0, 0, 0, 0];
+pub(crate) const EMPTY_MESSAGE: [u8; 5] = [0, 0, 0, 0, 0];
 
 /// Opens a client-streaming `Load` with `grpc-timeout: timeout`, sends one
 /// message and keeps the stream open (see [`call_and_wait`]).
@@ -135,9 +135,9 @@ async fn endless_server(pki: &TestPki) -> (testing::TestServer, watch::Receiver<
 }
 
 /// The outcome of a bare HTTP/2 call.
-struct Ended {
+pub(crate) struct Ended {
     /// `grpc-status`, from the headers (trailers-only) or the trailers.
-    status: Option<String>,
+    pub(crate) status: Option<String>,
     /// Bytes of reply messages received before the end.
     reply_bytes: usize,
 }
@@ -146,7 +146,7 @@ struct Ended {
 /// `grpc-timeout: timeout`, sends `messages`, and ends the request stream
 /// only if `close`; returns how the server ended the call, and the stream
 /// (dropping it would cancel the call).
-async fn call_and_wait(
+pub(crate) async fn call_and_wait(
     pki: &TestPki,
     addr: std::net::SocketAddr,
     identity: &str,

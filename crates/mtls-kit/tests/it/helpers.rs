@@ -190,6 +190,7 @@ pub async fn spawn_file_server_checked(
         client_ca: d.join("ca.pem"),
         crls: vec![d.join("crl.pem")],
         policy: d.join("policy.json"),
+        limits: None,
         policy_check: check,
         tls: ServerTlsOptions::default(),
     };
@@ -200,6 +201,7 @@ pub async fn spawn_file_server_checked(
         policy: loaded.policy.clone(),
         limits,
         dry_run: false,
+        quota: loaded.limiter.clone(),
     };
     let inner = testing::TestServer::start(parts, store.services(&limits), pki.anchors()).await;
     let watcher = watch.map(|settings| {

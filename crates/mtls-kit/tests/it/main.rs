@@ -18,6 +18,7 @@ mod limits;
 mod metrics;
 mod openssl_subjects;
 mod policy_paths;
+mod quota;
 mod reload;
 mod replica;
 mod revocation;

@@ -101,6 +101,7 @@ async fn strict_checking_refuses_a_typo_at_load() {
         client_ca: d.join("ca.pem"),
         crls: vec![],
         policy: d.join("policy.json"),
+        limits: None,
         policy_check: check(true),
         tls: ServerTlsOptions::default(),
     };

@@ -41,6 +41,7 @@ async fn server(pki: &TestPki, trust_domain: Option<&str>) -> testing::TestServe
         policy,
         limits,
         dry_run: false,
+        quota: Arc::default(),
     };
     let services = TestStore::default().services(&limits);
     testing::TestServer::start(parts, services, pki.anchors()).await
