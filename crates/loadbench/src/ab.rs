@@ -110,30 +110,53 @@ pub async fn compare(
     spec: &LoadSpec,
     rounds: usize,
 ) -> anyhow::Result<AbResult> {
-    let mut result = AbResult {
+    let rounds = interleave(
+        a,
+        b,
+        rounds,
+        async |side, round| run_side(bench, side, spec, round).await,
+        summary,
+    )
+    .await?;
+    Ok(AbResult {
         a: a.clone(),
         b: b.clone(),
-        rounds: Vec::new(),
-    };
+        rounds,
+    })
+}
+
+/// The order of every comparison: `rounds` rounds of `measure` on each
+/// side, A first in the first round, B first in the second, and so on
+/// (A B, B A, ...), so that neither side always runs on a machine warmed
+/// (or disturbed) by the other. Prints a progress line per round, each side's shown by
+/// `show`.
+pub async fn interleave<T>(
+    a: &Side,
+    b: &Side,
+    rounds: usize,
+    mut measure: impl AsyncFnMut(&Side, usize) -> anyhow::Result<T>,
+    show: impl Fn(&T) -> String,
+) -> anyhow::Result<Vec<(T, T)>> {
+    let mut done = Vec::with_capacity(rounds);
     for round in 0..rounds {
         let (ra, rb) = if round % 2 == 0 {
-            let ra = run_side(bench, a, spec, round).await?;
-            (ra, run_side(bench, b, spec, round).await?)
+            let ra = measure(a, round).await?;
+            (ra, measure(b, round).await?)
         } else {
-            let rb = run_side(bench, b, spec, round).await?;
-            (run_side(bench, a, spec, round).await?, rb)
+            let rb = measure(b, round).await?;
+            (measure(a, round).await?, rb)
         };
         eprintln!(
             "  round {}: {} {}  |  {} {}",
             round + 1,
             a.name,
-            summary(&ra),
+            show(&ra),
             b.name,
-            summary(&rb)
+            show(&rb)
         );
-        result.rounds.push((ra, rb));
+        done.push((ra, rb));
     }
-    Ok(result)
+    Ok(done)
 }
 
 fn summary(r: &Report) -> String {
@@ -163,14 +186,11 @@ async fn run_side(
     round: usize,
 ) -> anyhow::Result<Report> {
     let spec = side.spec.as_ref().unwrap_or(spec);
-    let log = bench
-        .logs
-        .join(format!("{}-{}.log", sanitize(&side.name), round + 1));
-    let mut server = Server::start(side, bench.server_cpus.as_deref(), &log)?;
+    let mut server = Server::for_round(bench, side, round)?;
     let connector = Connector::new(side.kind, server.addr, &bench.pki)?;
     let report = load::run(spec, &connector, Some(server.pid()))
         .await
-        .with_context(|| format!("loading {} (log: {})", side.name, log.display()));
+        .with_context(|| format!("loading {} (log: {})", side.name, server.log.display()));
     server.stop();
     report
 }
@@ -182,12 +202,24 @@ fn sanitize(name: &str) -> String {
 }
 
 /// A server process; stopped (SIGTERM, then SIGKILL) when dropped.
-struct Server {
+pub struct Server {
     child: Child,
-    addr: SocketAddr,
+    /// Where it listens (loopback, a port picked free for this start).
+    pub addr: SocketAddr,
+    /// Its stdout and stderr, to name in errors.
+    pub log: PathBuf,
 }
 
 impl Server {
+    /// Starts `side`'s server for `round` on the bench's server CPUs, its
+    /// output in `<logs>/<side>-<round>.log`, and waits until it listens.
+    pub fn for_round(bench: &Bench, side: &Side, round: usize) -> anyhow::Result<Self> {
+        let log = bench
+            .logs
+            .join(format!("{}-{}.log", sanitize(&side.name), round + 1));
+        Self::start(side, bench.server_cpus.as_deref(), &log)
+    }
+
     fn start(side: &Side, cpus: Option<&str>, log: &Path) -> anyhow::Result<Self> {
         let port = free_port()?;
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
@@ -216,12 +248,17 @@ impl Server {
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {}: {command}", side.name))?;
-        let mut server = Self { child, addr };
+        let mut server = Self {
+            child,
+            addr,
+            log: log.to_owned(),
+        };
         server.wait_listening(&side.name, log)?;
         Ok(server)
     }
 
-    fn pid(&self) -> u32 {
+    /// The server's own pid (the shell `exec`s it), for `/proc`.
+    pub fn pid(&self) -> u32 {
         self.child.id()
     }
 
@@ -252,7 +289,8 @@ impl Server {
         }
     }
 
-    fn stop(&mut self) {
+    /// SIGTERM, then SIGKILL after 5 s.
+    pub fn stop(&mut self) {
         // SAFETY: kill(2) on our own child's pid; no memory is involved.
         unsafe {
             libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);

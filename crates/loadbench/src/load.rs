@@ -7,7 +7,9 @@
 //! - open loop: `rate` calls a second on a fixed schedule, spread over the
 //!   connections; latency counts from the *scheduled* send time, so a server
 //!   that falls behind shows it in the tail instead of hiding it by slowing
-//!   the sender (coordinated omission);
+//!   the sender (coordinated omission); for the same reason a call belongs
+//!   to the window it was *due* in, and is waited for: a call stalled past
+//!   the window's end still shows, as a latency or a failure;
 //! - connect: `in_flight` workers, each a new connection per call
 //!   (TCP, mutual TLS, HTTP/2, one call, close), or a bare handshake for
 //!   the [`Kind::Handshake`] baseline;
@@ -87,7 +89,7 @@ pub struct Report {
 }
 
 impl Report {
-    fn new(window: Duration) -> Self {
+    pub(crate) fn new(window: Duration) -> Self {
         Self {
             window,
             latency_us: Histogram::new_with_bounds(1, 600_000_000, 3).expect("static bounds"),
@@ -119,6 +121,12 @@ impl Report {
         self.answered() as f64 / self.window.as_secs_f64()
     }
 
+    /// Calls answered OK per second of the window: throughput that counts
+    /// only useful work, so a server that sheds load does not look faster.
+    pub fn ok_rate(&self) -> f64 {
+        self.ok() as f64 / self.window.as_secs_f64()
+    }
+
     /// Server CPU per answered call, microseconds.
     pub fn cpu_per_call_us(&self) -> Option<f64> {
         let cpu = self.server_cpu?;
@@ -148,27 +156,48 @@ impl Report {
     }
 }
 
+/// Which calls a window counts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Window {
+    /// Calls that completed inside it: a closed loop's throughput is what
+    /// completes, and its calls in flight at the end are an artefact of
+    /// stopping.
+    Completed,
+    /// Calls that were due (started) inside it, however late they end: an
+    /// open loop's schedule defines its calls, and each gets one outcome.
+    Due,
+}
+
 /// Results of many tasks, merged as they finish.
 #[derive(Clone)]
 struct Recorder {
     from: Instant,
     to: Instant,
+    window: Window,
     inner: Arc<Mutex<Report>>,
 }
 
 impl Recorder {
-    fn new(from: Instant, to: Instant) -> Self {
+    fn new(from: Instant, to: Instant, window: Window) -> Self {
         Self {
             from,
             to,
+            window,
             inner: Arc::new(Mutex::new(Report::new(to - from))),
         }
     }
 
-    /// Counts a call that completed now, if now is inside the window.
+    /// Counts a call that completed now, if it belongs to the window.
     fn record(&self, started: Instant, outcome: Result<(), CallError>) {
-        let now = Instant::now();
-        if now < self.from || now >= self.to {
+        self.record_at(Instant::now(), started, outcome);
+    }
+
+    fn record_at(&self, now: Instant, started: Instant, outcome: Result<(), CallError>) {
+        let at = match self.window {
+            Window::Completed => now,
+            Window::Due => started,
+        };
+        if at < self.from || at >= self.to {
             return;
         }
         let mut r = self.inner.lock().unwrap_or_else(|p| p.into_inner());
@@ -252,7 +281,11 @@ pub async fn run(
     let start = Instant::now();
     let from = start + Duration::from_secs_f64(spec.warmup_secs);
     let to = from + Duration::from_secs_f64(spec.secs);
-    let rec = Recorder::new(from, to);
+    let window = match spec.mode {
+        Mode::Open => Window::Due,
+        Mode::Closed | Mode::Connect | Mode::Idle => Window::Completed,
+    };
+    let rec = Recorder::new(from, to, window);
     let mut tasks = tokio::task::JoinSet::new();
     match spec.mode {
         Mode::Closed => {
@@ -474,6 +507,32 @@ mod tests {
         assert_eq!(r.latency_us.len(), r.answered());
         assert!(r.percentile_us(0.99) >= r.percentile_us(0.5));
         assert!(r.cpu_per_call_us().unwrap() > 0.0);
+    }
+
+    #[test]
+    fn an_open_loop_window_counts_calls_due_in_it_a_closed_loop_calls_done_in_it() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let (from, to) = (t0 + s, t0 + 3 * s);
+        // Due inside, done after the end; due before, done inside; due and
+        // done inside.
+        let calls = [(t0 + 2 * s, t0 + 5 * s), (t0, t0 + 2 * s), (from, from + s)];
+        let count = |window| {
+            let rec = Recorder::new(from, to, window);
+            for (due, done) in calls {
+                rec.record_at(done, due, Ok(()));
+            }
+            rec.record_at(
+                t0 + 2 * s,
+                t0 + 2 * s,
+                Err(CallError::Status(tonic::Code::Unavailable)),
+            );
+            let r = rec.finish();
+            (r.ok(), r.failures(), r.latency_us.max() / 1_000_000)
+        };
+        // The stalled call (3 s) is in the open loop's tail, not lost.
+        assert_eq!(count(Window::Due), (2, 1, 3));
+        assert_eq!(count(Window::Completed), (2, 1, 2));
     }
 
     #[tokio::test]

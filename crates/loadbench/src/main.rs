@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 mod ab;
 mod baseline;
+mod fairness;
 mod load;
 mod pki;
 mod procstat;

@@ -1,10 +1,13 @@
 //! The benchmark suite: every comparison of the performance table, each as
-//! interleaved A/B rounds, with the ratio that row is judged by.
+//! interleaved A/B rounds, with the ratio that row is judged by; and the
+//! fairness row ([`fairness`]), which compares two builds of the server
+//! under two client identities.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use crate::ab::{self, AbResult, Bench, Measure, Side};
+use crate::fairness;
 use crate::load::{LoadSpec, Mode, Report};
 use crate::pki;
 use crate::transport::Kind;
@@ -15,6 +18,15 @@ pub struct SuiteArgs {
     /// The service's server binary (built with `--release`).
     #[arg(long, default_value = "target/release/server")]
     pub server: PathBuf,
+    /// The previous build's server binary: the baseline side of the
+    /// `fairness` row, whose candidate is `--server`. Without it the row
+    /// runs `--server` on both sides: the figures are then the candidate's
+    /// alone, and the gap between its two columns is the noise.
+    #[arg(long)]
+    pub baseline_server: Option<PathBuf>,
+    /// The baseline's name in the fairness table (a git revision, say).
+    #[arg(long, default_value = "baseline")]
+    pub baseline_name: String,
     /// gRPC C++ reference server (`authz_peer` from grpc-cpp-peer); its row
     /// is skipped without it.
     #[arg(long)]
@@ -88,11 +100,12 @@ fn spec(mode: Mode, conns: usize, in_flight: usize, secs: f64) -> LoadSpec {
 pub async fn run(args: &SuiteArgs, bench: &Bench, me: &Path) -> anyhow::Result<String> {
     let d = bench.pki.display();
     let big = bench.big_policy_rules;
-    let server = args.server.display();
-    let ours_with = |policy: &str, extra: &str| {
+    // The service's server (`--server`, or the fairness row's baseline).
+    let server_with = |server: &Path, policy: &str, extra: &str| {
         format!(
-            "{server} --listen {{addr}} --cert {d}/{} --key {d}/{} --client-ca {d}/{} --crl {d}/{} \
+            "{} --listen {{addr}} --cert {d}/{} --key {d}/{} --client-ca {d}/{} --crl {d}/{} \
              --spiffe-trust-domain {} --policy {d}/{policy} {extra}",
+            server.display(),
             pki::SERVER_CERT,
             pki::SERVER_KEY,
             pki::CA_CERT,
@@ -100,6 +113,7 @@ pub async fn run(args: &SuiteArgs, bench: &Bench, me: &Path) -> anyhow::Result<S
             pki::TRUST_DOMAIN,
         )
     };
+    let ours_with = |policy: &str, extra: &str| server_with(&args.server, policy, extra);
     let side = |name: &str, command: String, kind: Kind| Side {
         name: name.to_owned(),
         command,
@@ -238,8 +252,29 @@ pub async fn run(args: &SuiteArgs, bench: &Bench, me: &Path) -> anyhow::Result<S
         rounds: args.rounds,
         ratios: vec![("CPU/RPC", cpu_per_call, "<= 1.02"), ("RPS", rps, "")],
     });
-    rows.retain(|r| args.only.is_empty() || args.only.iter().any(|o| o == r.name));
-    anyhow::ensure!(!rows.is_empty(), "--only matches no row");
+    let chosen = |name: &str| args.only.is_empty() || args.only.iter().any(|o| o == name);
+    rows.retain(|r| chosen(r.name));
+    // Both sides of the fairness row run as `ours`; the baseline with the
+    // previous build's binary, if there is one.
+    let fairness_row = chosen(fairness::NAME).then(|| {
+        let named = |name: &str| Side {
+            name: name.to_owned(),
+            ..ours.clone()
+        };
+        let baseline = match &args.baseline_server {
+            Some(server) => side(
+                &args.baseline_name,
+                server_with(server, pki::ALLOW_ALL, "--metrics-listen 127.0.0.1:0"),
+                Kind::Tls,
+            ),
+            None => named("same-build"),
+        };
+        (baseline, named("candidate"))
+    });
+    anyhow::ensure!(
+        !rows.is_empty() || fairness_row.is_some(),
+        "--only matches no row"
+    );
 
     let mut table = String::new();
     let mut raw = Vec::new();
@@ -248,6 +283,20 @@ pub async fn run(args: &SuiteArgs, bench: &Bench, me: &Path) -> anyhow::Result<S
         let result = ab::compare(bench, &row.a, &row.b, &row.spec, row.rounds).await?;
         render(&mut table, row, &result);
         raw.push(serde_json::json!({ "row": row.name, "result": result.to_json() }));
+    }
+    if let Some((baseline, candidate)) = &fairness_row {
+        let what = fairness::what();
+        eprintln!("== {}: {what}", fairness::NAME);
+        if args.baseline_server.is_none() {
+            eprintln!(
+                "  no --baseline-server: the candidate runs on both sides (its figures, and the noise between them)"
+            );
+        }
+        let base = spec(Mode::Closed, 1, 1, args.secs);
+        let shape = fairness::Shape::new(base.secs, base.warmup_secs, base.timeout_secs);
+        let result = fairness::run(bench, baseline, candidate, &shape, args.rounds).await?;
+        result.render(&mut table, fairness::NAME, &what);
+        raw.push(serde_json::json!({ "row": fairness::NAME, "result": result.to_json() }));
     }
     let raw_path = bench.logs.join("results.json");
     std::fs::write(&raw_path, serde_json::to_vec_pretty(&raw)?)?;

@@ -41,13 +41,25 @@ impl Connector {
     /// (`ca.pem`, `loadgen.pem`, `loadgen.key`); the server must present a
     /// certificate for `localhost`.
     pub fn new(kind: Kind, addr: SocketAddr, pki: &Path) -> anyhow::Result<Self> {
+        Self::as_identity(kind, addr, pki, crate::pki::LOADGEN)
+    }
+
+    /// As [`Connector::new`], calling as client identity `name` of the PKI
+    /// (`<name>.pem`, `<name>.key`): the fairness row's second caller.
+    pub fn as_identity(
+        kind: Kind,
+        addr: SocketAddr,
+        pki: &Path,
+        name: &str,
+    ) -> anyhow::Result<Self> {
         let tls = match kind {
             Kind::Plain => None,
             Kind::Tls | Kind::Handshake => {
                 let identity = CertifiedKeyFiles::read(
-                    &pki.join(crate::pki::CLIENT_CERT),
-                    &pki.join(crate::pki::CLIENT_KEY),
-                )?;
+                    &pki.join(crate::pki::cert_file(name)),
+                    &pki.join(crate::pki::key_file(name)),
+                )
+                .with_context(|| format!("client identity {name}"))?;
                 let ca = TrustAnchors::read(&pki.join(crate::pki::CA_CERT))?;
                 let config = tls::client_config(&identity, &ca, ClientTlsOptions::default())?;
                 Some(Arc::new(ArcSwap::new(config)))

@@ -2,6 +2,7 @@
 //! so the memory and CPU it reads are theirs alone.
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
@@ -146,4 +147,64 @@ fn a_server_command_that_fails_is_reported_with_its_log() {
         stderr.contains("exited") && stderr.contains("no such policy"),
         "{stderr}"
     );
+}
+
+/// A stand-in for the service's server: takes the flags `suite` gives the
+/// real one and serves plain tonic with mutual TLS from the same PKI, so
+/// both client identities are accepted.
+fn stand_in_server(dir: &Path) -> std::path::PathBuf {
+    let path = dir.join("server.sh");
+    let script = format!(
+        "#!/bin/sh\n\
+         while [ $# -gt 0 ]; do\n\
+           case $1 in --listen) listen=$2 ;; --client-ca) ca=$2 ;; esac\n\
+           shift\n\
+         done\n\
+         exec '{BIN}' serve-tonic --listen \"$listen\" --pki \"$(dirname \"$ca\")\"\n"
+    );
+    std::fs::write(&path, script).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
+#[test]
+fn the_fairness_row_runs_two_identities_on_both_sides_and_prints_its_table() {
+    let work = tempfile::tempdir().unwrap();
+    let server = stand_in_server(work.path());
+    let out = Command::new(BIN)
+        .args(["suite", "--only", "fairness", "--server-cpus", "none"])
+        .args(["--rounds", "1", "--secs", "0.2", "--big-policy-rules", "10"])
+        .arg("--server")
+        .arg(&server)
+        .arg("--baseline-server")
+        .arg(&server)
+        .args(["--baseline-name", "previous"])
+        .arg("--work-dir")
+        .arg(work.path())
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Only the table's shape: its figures are the benchmark's business.
+    assert!(stdout.contains("\n### fairness: identity A"), "{stdout}");
+    assert!(
+        stdout.contains("| figure | previous | candidate | goal |"),
+        "{stdout}"
+    );
+    for figure in [
+        "| B p99 under A's flood / B p99 alone | ",
+        "| B failed calls under A's flood (total) | ",
+        "| A ok/s with B / A ok/s alone | ",
+        "| A failed calls, alone and with B (total) | ",
+    ] {
+        assert!(stdout.contains(figure), "no {figure:?} in {stdout}");
+    }
+    let raw = std::fs::read(work.path().join("logs/results.json")).unwrap();
+    let raw: serde_json::Value = serde_json::from_slice(&raw).unwrap();
+    assert_eq!(raw[0]["row"], "fairness", "{raw}");
+    assert_eq!(raw[0]["result"]["rounds"].as_array().map(Vec::len), Some(1));
 }
