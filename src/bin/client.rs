@@ -1,7 +1,7 @@
 //! The client binary: call any method the server serves, as a chosen
 //! identity, with requests and replies as JSON. A failed call prints its
-//! gRPC status and exits 1. `load` keeps a steady rate of calls going (see
-//! `load.rs`).
+//! gRPC status and exits 1. `load` keeps calls going at a steady rate or a
+//! steady number in flight (see `load.rs`).
 //!
 //! It names no RPC of the service: the methods come from the descriptor
 //! sets the service registers (`services()`), so this file needs no edit
@@ -52,8 +52,9 @@ enum Command {
     },
     /// Call one method. Prints each reply as a line of JSON.
     Call(CallArgs),
-    /// A steady rate of calls over every replica, with running totals
-    /// (calls, failures, retries, per-replica split) as JSON lines.
+    /// Calls over every replica, at a steady rate (--rate) or a steady
+    /// number in flight (--in-flight), with running totals (calls,
+    /// failures by code and kind, retries, per-replica split) as JSON lines.
     Load(load::LoadArgs),
     /// grpc.health.v1 Check; exits 0 only if SERVING.
     Health {
