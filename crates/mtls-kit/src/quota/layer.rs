@@ -125,7 +125,9 @@ where
         };
         let method = req.uri().path().to_owned();
         let admission = self.layer.limiter.admit(&peer.identity, &method);
-        let dry_run = self.layer.limiter.compiled.load().config.dry_run;
+        // From the limits the call was admitted under: a second read of the
+        // limits in force could meet a reload in between.
+        let dry_run = admission.dry_run;
         if let Some(refusal) = &admission.refusal {
             if let Some(answer) = self.layer.refused(refusal, &peer, &method, dry_run) {
                 return QuotaFuture::Refused(Some(answer));
@@ -145,7 +147,6 @@ where
                 sem,
                 max_wait,
                 pushback,
-                dry_run,
             } => {
                 // The service was made ready for this call: take it, and
                 // leave a clone for the next.

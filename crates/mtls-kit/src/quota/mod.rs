@@ -162,6 +162,7 @@ impl Limiter {
                 ticket,
                 refusal,
                 share: Share::None,
+                dry_run: false,
             };
         }
         let share = if config.fair_share.enabled {
@@ -174,7 +175,6 @@ impl Limiter {
                     sem,
                     max_wait: config.fair_share.max_wait,
                     pushback: config.pushback,
-                    dry_run: config.dry_run,
                 },
             }
         } else {
@@ -184,6 +184,7 @@ impl Limiter {
             ticket,
             refusal,
             share,
+            dry_run: config.dry_run,
         }
     }
 
@@ -308,7 +309,6 @@ pub(crate) enum Share {
         sem: Arc<tokio::sync::Semaphore>,
         max_wait: Duration,
         pushback: Duration,
-        dry_run: bool,
     },
 }
 
@@ -318,6 +318,10 @@ pub(crate) struct Admission {
     pub ticket: Ticket,
     pub refusal: Option<Refusal>,
     pub share: Share,
+    /// Whether the limits it was admitted under are a dry run: then its
+    /// refusal, and a wait past the share's limit, are only counted and
+    /// logged.
+    pub dry_run: bool,
 }
 
 /// Held by a running call: its places in flight and its share's permit.
